@@ -46,6 +46,7 @@ PROGRESS = ".progress"
 FORMAT = "iicnet-shards"
 VERSION = 1
 _ORDER = {"train": 0, "val": 1, "test": 2}
+_KEY_LENGTH = 72  # "<key>.<entry>" then fits a plain ustar header, and logs stay readable
 _STALE = re.compile(r"(^|/)\.[^/]+\.\d+\.[0-9a-f]{8}\.tmp$")
 
 
@@ -112,8 +113,8 @@ def sample_key(item_id: str) -> str:
     """A tar-safe key: webdataset splits entry names at the first dot and on slashes."""
     nested = item_id.replace("/", "__")
     key = re.sub(r"[^A-Za-z0-9_-]+", "_", nested)
-    if key != nested or not key:
-        key = f"{key}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}"
+    if key != nested or not key or len(key) > _KEY_LENGTH:
+        key = f"{key[:_KEY_LENGTH - 9]}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}"
     return key
 
 

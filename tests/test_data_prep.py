@@ -238,3 +238,22 @@ def test_a_root_without_the_layout_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["davis", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 1
     assert "no DAVIS folders found" in capsys.readouterr().err
+
+
+def test_long_and_odd_file_names_become_distinct_tar_keys(samples, tmp_path):
+    root = tmp_path / "photos"
+    source = sorted((samples / "folder" / "train").glob("*.jpg"))[:3]
+    names = ["a" * 90 + ".x.jpg", "a" * 90 + "_x.jpg", "été 2024.jpg"]
+    for path, name in zip(source, names, strict=True):
+        (root / "deep" / ("nested_" * 8)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / "deep" / ("nested_" * 8) / name)
+    out = tmp_path / "out"
+    assert main(["folder", "--root", str(root), "--out", str(out)]) == 0
+    cfg = from_dict({"data": {"task": "grayscale", "crop": 32, "loader_workers": 0},
+                     "model": {"num_images": 1, "embed_channels": 1}})
+    from iicnet.data import make_dataset
+
+    found = [key for _, _, key in make_dataset(str(out), cfg, split="train", train=False,
+                                               with_keys=True)]
+    assert len(set(found)) == 3
+    assert all(len(key) <= 80 for key in found)

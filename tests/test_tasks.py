@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from iicnet.config import ConfigError, from_dict
+from iicnet.config import ConfigError, from_dict, load
 from iicnet.tasks import SampleError, get_task, task_names
 
 
@@ -195,3 +196,13 @@ def test_undecodable_entry_is_a_sample_error():
     task = get_task(config("grayscale", model={"num_images": 1, "embed_channels": 1}))
     with pytest.raises(SampleError, match="does not decode"):
         task.make({"__key__": "bad", "image.jpg": b"\xff\xd8 not a jpeg"}, 0, None, False)
+
+
+def test_every_shipped_config_builds_its_task():
+    paths = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
+    assert paths
+    for path in paths:
+        cfg = load(path)
+        task = get_task(cfg)
+        assert task.name == cfg.data.task
+        assert len(task.output_names) == task.num_images == cfg.model.num_images, path
