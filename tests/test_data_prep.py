@@ -16,7 +16,7 @@ from data_prep.__main__ import main
 from data_prep.samples import DAVIS_CLIPS
 from iicnet import storage
 from iicnet.config import from_dict
-from iicnet.data import make_loader, read_manifest
+from iicnet.data import make_dataset, make_loader, read_manifest
 
 SAMPLES_PER_SPLIT = {
     "davis": {"train": 4, "val": 2, "test": 2},
@@ -251,8 +251,6 @@ def test_long_and_odd_file_names_become_distinct_tar_keys(samples, tmp_path):
     assert main(["folder", "--root", str(root), "--out", str(out)]) == 0
     cfg = from_dict({"data": {"task": "grayscale", "crop": 32, "loader_workers": 0},
                      "model": {"num_images": 1, "embed_channels": 1}})
-    from iicnet.data import make_dataset
-
     found = [key for _, _, key in make_dataset(str(out), cfg, split="train", train=False,
                                                with_keys=True)]
     assert len(set(found)) == 3

@@ -74,7 +74,7 @@ def decode(sample: Sample, name: str, mode: str = "RGB") -> np.ndarray:
         try:
             with Image.open(io.BytesIO(sample[entry])) as image:
                 cache[(entry, mode)] = np.asarray(image.convert(mode))
-        except (OSError, SyntaxError, ValueError) as exc:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise SampleError(f"sample {sample.get('__key__')!r}: {entry} does not decode "
                               f"({exc})") from exc
     return cache[(entry, mode)]
