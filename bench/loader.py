@@ -11,9 +11,10 @@ batch 2) over the DAVIS-layout sample dataset (854x480 JPEG frames), decoding in
   the K JPEG files of each window with PIL, as a loader without shards would.
 
 A sample is one (K frames, reference) training item. The requirement (issue 3) is at least 5x
-what one training step of the published config consumes: batch 2 per step time, the step
-time taken from ``bench/results/train_step.json`` when it exists, else the 18 s measured on
-this CPU class (``shared/STACK.md``). Writes ``bench/results/loader.json``.
+the samples/s that training the published config consumes on this machine: the fastest
+formulation in ``bench/results/train_step-cpu.json`` when it exists, else batch 2 per the
+18 s step measured on this CPU class (``shared/STACK.md``). Writes
+``bench/results/loader.json``.
 
     python bench/loader.py [--batches 250] [--workers 2]
 """
@@ -132,12 +133,15 @@ def machine() -> dict[str, object]:
             "torch": torch.__version__, "platform": platform.platform()}
 
 
-def step_seconds() -> tuple[float, str]:
-    path = RESULTS / "train_step.json"
+def consumption(batch_size: int) -> tuple[float, str]:
+    """Samples/s one training process consumes: the fastest formulation measured by
+    ``bench/train_step.py`` on this CPU when its results exist, else the published step."""
+    path = RESULTS / "train_step-cpu.json"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        result = json.loads(path.read_text())
-        return float(result["published"]["seconds_per_step"]), str(path.name)
-    return PUBLISHED_STEP_S, "shared/STACK.md (published config, 2 threads, this CPU class)"
+        results = json.loads(path.read_text())["results"]
+        name, fastest = max(results.items(), key=lambda kv: kv[1]["samples_per_s"])
+        return float(fastest["samples_per_s"]), f"{path.name} ({name})"
+    return batch_size / PUBLISHED_STEP_S, f"{PUBLISHED_STEP_S:.0f} s/step, shared/STACK.md"
 
 
 def run(batches: int, workers: int) -> dict[str, object]:
@@ -161,8 +165,7 @@ def run(batches: int, workers: int) -> dict[str, object]:
         loose = DataLoader(LooseWindows(built["davis"], cfg), batch_size=2, shuffle=True,
                            num_workers=workers, drop_last=True)
         results["loose_files"] = rate(endless(loose), batches)
-    step, step_source = step_seconds()
-    consumed = cfg.data.batch_size / step
+    consumed, consumed_source = consumption(cfg.data.batch_size)
     slowest = min(r["samples_per_s"] for r in results.values())
     return {
         "benchmark": "training input pipeline, video task",
@@ -173,8 +176,7 @@ def run(batches: int, workers: int) -> dict[str, object]:
                    "timed_batches": batches},
         "results": results,
         "requirement": {
-            "training_step_seconds": step, "step_source": step_source,
-            "samples_consumed_per_s": round(consumed, 3),
+            "samples_consumed_per_s": round(consumed, 3), "consumed_source": consumed_source,
             "needed_samples_per_s": round(5 * consumed, 3),
             "slowest_samples_per_s": slowest,
             "headroom_over_consumption": round(slowest / consumed, 1),

@@ -18,15 +18,20 @@ bad, several when a bad frame cuts a clip in two). This module does everything e
 
 Tar entries are ``<key>.<entry>`` with ``mtime`` 0, so the same sources give byte-identical
 shards (and equal sha256) on every run and every destination.
+
+``write_dataset`` runs the steps in one process: ``plan_shards``, ``prepare_output``,
+``finished_record`` per shard, ``write_shard`` for the others (items packed by a thread
+pool), ``write_manifest``. Shards are independent, so a fan-out can run ``write_shard`` in
+separate processes (each with its own :class:`Report`) and ``write_manifest`` after all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -118,8 +123,29 @@ def sample_key(item_id: str) -> str:
     return key
 
 
-def _fingerprint(items: list[Item]) -> str:
-    return hashlib.sha256("\n".join(item.id for item in items).encode()).hexdigest()
+@dataclass
+class ShardPlan:
+    """One shard to write: ``<split>-<index:06d>.tar`` holding these items' samples."""
+
+    split: str
+    name: str
+    items: list[Item]
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256("\n".join(item.id for item in self.items).encode()).hexdigest()
+
+
+def plan_shards(splits: dict[str, list[Item]], shard_size: int) -> list[ShardPlan]:
+    """Cut each split (train, val, test first) into runs of ``shard_size`` items."""
+    if shard_size < 1:
+        raise PrepError(f"--shard-size must be at least 1, got {shard_size}")
+    plans = []
+    for split, items in sorted(splits.items(), key=lambda kv: (_ORDER.get(kv[0], 3), kv[0])):
+        for index, start in enumerate(range(0, len(items), shard_size)):
+            plans.append(ShardPlan(split, f"{split}-{index:06d}.tar",
+                                   items[start:start + shard_size]))
+    return plans
 
 
 def _write_tar(path: Path, samples: list[Sample]) -> tuple[int, str]:
@@ -139,27 +165,82 @@ def _write_tar(path: Path, samples: list[Sample]) -> tuple[int, str]:
     return path.stat().st_size, digest.hexdigest()
 
 
-def _store_shard(out: str, name: str, samples: list[Sample], staging: Path) -> tuple[int, str]:
-    tmp = storage.local_temp(staging / name)
-    try:
-        size, sha = _write_tar(tmp, samples)
-        if storage.is_s3(out):
-            storage.put_file(tmp, storage.join(out, name))
-        else:
-            os.replace(tmp, Path(out, name))
-    finally:
-        tmp.unlink(missing_ok=True)
-    return size, sha
+def _record_url(out: str, name: str) -> str:
+    return storage.join(out, PROGRESS, f"{name}.json")
 
 
-def _load_record(out: str, name: str, names: set[str]) -> dict[str, Any] | None:
-    record_name = f"{PROGRESS}/{name}.json"
-    if name not in names or record_name not in names:
+def prepare_output(out: str) -> set[str]:
+    """Create ``out`` if local, delete temporary files a crashed run left; list its files."""
+    if not storage.is_s3(out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+    names = storage.list_names(out)
+    for name in [n for n in names if _STALE.search(n)]:
+        storage.remove(storage.join(out, name))
+    return names
+
+
+def finished_record(out: str, plan: ShardPlan, names: set[str]) -> dict[str, Any] | None:
+    """The record of an earlier run's shard when it is there and holds the planned items."""
+    if plan.name not in names or f"{PROGRESS}/{plan.name}.json" not in names:
         return None
     try:
-        return json.loads(storage.read_bytes(storage.join(out, record_name)))
+        record = json.loads(storage.read_bytes(_record_url(out, plan.name)))
     except (OSError, ValueError):
         return None
+    return record if record.get("items") == plan.fingerprint else None
+
+
+def write_shard(plan: ShardPlan, pack: Packer, out: str, report: Report,
+                pool: ThreadPoolExecutor | None = None,
+                progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """Pack, store and record one shard; returns its record. Independent of every other
+    shard, so shards can be written by separate processes (e.g. Ray tasks)."""
+    bad_before = len(report.bad)
+    mapper = pool.map if pool is not None else map
+    samples: list[Sample] = []
+    for packed in mapper(lambda item: pack(item, report), plan.items):
+        samples.extend(packed)
+        if progress is not None:
+            progress(1)
+    with contextlib.ExitStack() as stack:
+        if storage.is_s3(out):
+            staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shard-")))
+        else:
+            staging = Path(out)
+        tmp = storage.local_temp(staging / plan.name)
+        try:
+            size, sha = _write_tar(tmp, samples)
+            if storage.is_s3(out):
+                storage.put_file(tmp, storage.join(out, plan.name))
+            else:
+                os.replace(tmp, Path(out, plan.name))
+        finally:
+            tmp.unlink(missing_ok=True)
+    record = {"items": plan.fingerprint, "samples": len(samples), "bytes": size, "sha256": sha,
+              "skipped": [vars(b) for b in report.bad[bad_before:]]}
+    storage.write_bytes(_record_url(out, plan.name), json.dumps(record, indent=1).encode())
+    return record
+
+
+def write_manifest(source: str, plans: list[ShardPlan], records: dict[str, dict[str, Any]],
+                   out: str, *, shard_size: int, options: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """Write ``manifest.json`` from every shard's record: the last step of a dataset."""
+    splits: dict[str, Any] = {}
+    for plan in plans:
+        record = records[plan.name]
+        split = splits.setdefault(plan.split, {"samples": 0, "bytes": 0, "shards": []})
+        split["samples"] += record["samples"]
+        split["bytes"] += record["bytes"]
+        split["shards"].append({"name": plan.name, **{k: record[k] for k in
+                                                      ("samples", "bytes", "sha256")}})
+    manifest = {
+        "format": FORMAT, "version": VERSION, "source": source, "shard_size": shard_size,
+        "options": options or {}, "splits": splits,
+        "skipped": [bad for plan in plans for bad in records[plan.name]["skipped"]],
+    }
+    storage.write_bytes(storage.join(out, MANIFEST), json.dumps(manifest, indent=1).encode())
+    return manifest
 
 
 def write_dataset(
@@ -173,87 +254,33 @@ def write_dataset(
     workers: int = 2,
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Pack every item into shards under ``out`` (a directory or s3:// prefix).
-
-    Returns the manifest, which is also written to ``out/manifest.json`` after all shards.
-    """
-    if shard_size < 1:
-        raise PrepError(f"--shard-size must be at least 1, got {shard_size}")
-    if not storage.is_s3(out):
-        Path(out).mkdir(parents=True, exist_ok=True)
-    names = storage.list_names(out)
-    for name in [n for n in names if _STALE.search(n)]:  # left by a crashed run
-        storage.remove(storage.join(out, name))
+    """Pack every item into shards under ``out`` (a directory or s3:// prefix), reusing
+    finished shards; returns the manifest, written to ``out/manifest.json`` last."""
+    plans = plan_shards(splits, shard_size)
+    names = prepare_output(out)
+    records = {}
+    for plan in plans:
+        record = finished_record(out, plan, names)
+        if record is not None:
+            records[plan.name] = record
+    reused = len(records)
+    if reused < len(plans) and MANIFEST in names:
+        storage.remove(storage.join(out, MANIFEST))
     report = Report(strict)
-    plans = {
-        split: [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
-        for split, items in sorted(splits.items(), key=lambda kv: (_ORDER.get(kv[0], 3), kv[0]))
-    }
-    manifest_removed = False
-    reused = written = 0
-    manifest_splits: dict[str, Any] = {}
-    staging = Path(out) if not storage.is_s3(out) else Path(tempfile.mkdtemp(prefix="shards-"))
-    pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    try:
-        for split, chunks in plans.items():
-            shards = []
-            total = sum(len(c) for c in chunks)
-            with tqdm(total=total, desc=f"{source}/{split}", unit="item", disable=None,
-                      file=sys.stderr) as bar:
-                for index, chunk in enumerate(chunks):
-                    name = f"{split}-{index:06d}.tar"
-                    record = _load_record(out, name, names)
-                    if record is None or record.get("items") != _fingerprint(chunk):
-                        if not manifest_removed and MANIFEST in names:
-                            storage.remove(storage.join(out, MANIFEST))
-                        manifest_removed = True
-                        bad_before = len(report.bad)
-                        samples = []
-                        for packed in pool.map(lambda item: pack(item, report), chunk):
-                            samples.extend(packed)
-                            bar.update(1)
-                        size, sha = _store_shard(out, name, samples, staging)
-                        record = {
-                            "items": _fingerprint(chunk), "samples": len(samples),
-                            "bytes": size, "sha256": sha,
-                            "skipped": [vars(b) for b in report.bad[bad_before:]],
-                        }
-                        storage.write_bytes(
-                            storage.join(out, PROGRESS, f"{name}.json"),
-                            json.dumps(record, indent=1).encode(),
-                        )
-                        written += 1
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for split in dict.fromkeys(plan.split for plan in plans):
+            mine = [plan for plan in plans if plan.split == split]
+            with tqdm(total=sum(len(p.items) for p in mine), desc=f"{source}/{split}",
+                      unit="item", disable=None, file=sys.stderr) as bar:
+                for plan in mine:
+                    if plan.name in records:
+                        bar.update(len(plan.items))
                     else:
-                        bar.update(len(chunk))
-                        reused += 1
-                    shards.append({"name": name, **{k: record[k] for k in
-                                                    ("samples", "bytes", "sha256", "skipped")}})
-            manifest_splits[split] = shards
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if storage.is_s3(out):
-            shutil.rmtree(staging, ignore_errors=True)
-
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "source": source,
-        "shard_size": shard_size,
-        "options": options or {},
-        "splits": {
-            split: {
-                "samples": sum(s["samples"] for s in shards),
-                "bytes": sum(s["bytes"] for s in shards),
-                "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")}
-                           for s in shards],
-            }
-            for split, shards in manifest_splits.items()
-        },
-        "skipped": [bad for shards in manifest_splits.values() for s in shards
-                    for bad in s["skipped"]],
-    }
-    storage.write_bytes(storage.join(out, MANIFEST), json.dumps(manifest, indent=1).encode())
-    _summarise(manifest, out, reused, written)
+                        records[plan.name] = write_shard(plan, pack, out, report, pool,
+                                                         bar.update)
+    manifest = write_manifest(source, plans, records, out, shard_size=shard_size,
+                              options=options)
+    _summarise(manifest, out, reused=reused, written=len(plans) - reused)
     return manifest
 
 
