@@ -1,0 +1,162 @@
+"""Training-step speed and memory: the straightforward formulation against the fast one.
+
+The published video K=5 design, 10 blocks, 144x144 crops, batch 2, same weights and batch
+for every formulation. One step = forward, quantise, inverse, three losses, backward, Adam.
+Speed: the formulations' steps are interleaved in one process (A, B, A, B, ...), so a busy
+machine slows them alike and the ratio stays fair. Memory: each formulation runs one step in
+a process of its own, and its peak memory above the idle model is reported. Results, with the
+machine named, go to ``bench/results/train_step-<device>.json``.
+
+    python bench/train_step.py [--steps 3] [--device auto|cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import current_rss_mib, describe, peak_rss_mib  # noqa: E402
+
+from iicnet.config import Config  # noqa: E402
+from iicnet.losses import iicnet_loss  # noqa: E402
+from iicnet.model import IICNet  # noqa: E402
+
+FORMULATIONS = {
+    "straightforward": {"fused": False, "memory_saving": False, "channels_last": False,
+                        "amp": False},
+    "fast": {"fused": True, "memory_saving": False, "channels_last": False, "amp": True},
+    "fast+memory_saving": {"fused": True, "memory_saving": True, "channels_last": False,
+                           "amp": True},
+}
+
+
+def build(name: str, device: str, crop: int, batch: int, k: int):
+    f = FORMULATIONS[name]
+    cfg = Config().override([f"model.num_images={k}", f"model.fused={f['fused']}",
+                             f"model.memory_saving={f['memory_saving']}"])
+    torch.manual_seed(0)
+    model = IICNet(cfg).to(device).train()
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(batch, k, 3, crop, crop, generator=gen).to(device)
+    if f["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    return cfg, model, images
+
+
+def make_step(name: str, device: str, crop: int, batch: int, k: int):
+    """One training step of a formulation as a closure (model, optimiser and batch bound)."""
+    cfg, model, images = build(name, device, crop, batch, k)
+    amp = FORMULATIONS[name]["amp"] and device == "cuda"
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1e-5)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            out = model(images)
+            loss = iicnet_loss(out, images, images[:, 0], cfg.loss).total
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return float(loss)
+
+    return step
+
+
+def peak_memory(name: str, device: str, crop: int, batch: int, k: int) -> float:
+    """MiB above the idle model that one step needs at its peak (run in a fresh process)."""
+    step = make_step(name, device, crop, batch, k)
+    if device == "cuda":
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    base = current_rss_mib()
+    step()
+    return peak_rss_mib() - base
+
+
+def interleaved_times(device: str, steps: int, crop: int, batch: int, k: int) -> dict:
+    """Seconds per step of each formulation, their steps interleaved; first step is warm-up."""
+    closures = {name: make_step(name, device, crop, batch, k) for name in FORMULATIONS}
+    times: dict[str, list[float]] = {name: [] for name in FORMULATIONS}
+    for i in range(steps + 1):
+        for name, step in closures.items():
+            t0 = time.perf_counter()
+            step()
+            if i:
+                times[name].append(time.perf_counter() - t0)
+            print(f"  step {i} {name}: {time.perf_counter() - t0:.2f} s", flush=True)
+    return times
+
+
+def max_difference(device: str, crop: int, batch: int, k: int) -> float:
+    """Largest |difference| of embedding and restored stack between the formulations."""
+    outs = []
+    for name in FORMULATIONS:
+        cfg, model, images = build(name, device, crop, batch, k)
+        with torch.no_grad():
+            out = model(images, generator=torch.Generator(device).manual_seed(2))
+        outs.append(torch.cat([out.embedding.flatten(), out.restored.flatten()]).float().cpu())
+    return max(float((o - outs[0]).abs().max()) for o in outs[1:])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--crop", type=int, default=144)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    device = args.device if args.device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if args.one:
+        print(json.dumps(peak_memory(args.one, device, args.crop, args.batch, args.k)))
+        return 0
+    results = {}
+    for name in FORMULATIONS:
+        cmd = [sys.executable, __file__, "--one", name, "--device", device,
+               "--crop", str(args.crop), "--batch", str(args.batch), "--k", str(args.k)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results[name] = {"peak_memory_mib": json.loads(out.strip().splitlines()[-1])}
+        print(f"{name:>20}: peak {results[name]['peak_memory_mib']:.0f} MiB", flush=True)
+    times = interleaved_times(device, args.steps, args.crop, args.batch, args.k)
+    for name, ts in times.items():
+        sec = statistics.median(ts)
+        results[name].update(seconds_per_step=sec, samples_per_s=args.batch / sec, step_times=ts)
+        print(f"{name:>20}: {sec:.2f} s/step, {args.batch / sec:.3f} samples/s", flush=True)
+    base = results["straightforward"]
+    report = {
+        "benchmark": "train_step",
+        "setup": {"config": "video-k5 (published)", "crop": args.crop, "batch": args.batch,
+                  "k": args.k, "blocks": 10, "device": device, "steps_timed": args.steps},
+        "machine": describe(),
+        "formulations": FORMULATIONS,
+        "results": results,
+        "speedup_fast": base["seconds_per_step"] / results["fast"]["seconds_per_step"],
+        "memory_ratio_memory_saving": (results["fast+memory_saving"]["peak_memory_mib"]
+                                       / base["peak_memory_mib"]),
+        "max_abs_difference": max_difference(device, args.crop, 1, args.k),
+    }
+    print(f"speed-up {report['speedup_fast']:.2f}x, memory ratio "
+          f"{report['memory_ratio_memory_saving']:.3f}, max |diff| "
+          f"{report['max_abs_difference']:.2e}")
+    out = Path(__file__).resolve().parent / "results" / f"train_step-{device}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
