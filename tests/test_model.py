@@ -77,6 +77,22 @@ def test_fused_and_straightforward_formulations_match():
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_fused_inference_layout_matches_straightforward():
+    model = perturb(IICNet(_small("configs/video-k5-x2.yaml"))).eval()
+    x = torch.rand(1, 5, 3, 16, 16)
+    outs = []
+    for fused in (False, True):
+        for mod in model.modules():
+            if hasattr(mod, "fused"):
+                mod.fused = fused
+        with torch.no_grad():
+            e = model.embed(x)
+            outs.append((e, model.restore(e)))
+            assert model._layout() == (torch.channels_last if fused else torch.contiguous_format)
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)
+    assert torch.allclose(outs[0][1], outs[1][1], atol=1e-5)
+
+
 def test_encode_rejects_wrong_inputs():
     model = IICNet(_small())
     with pytest.raises(TypeError, match="uint8"):
