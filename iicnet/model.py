@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +43,7 @@ class IICNet(nn.Module):
 
     def __init__(self, config: Config | ModelConfig):
         super().__init__()
-        m = config.model if isinstance(config, Config) else config
+        m = dataclasses.replace(config.model if isinstance(config, Config) else config)
         self.config = m
         k, c = m.num_images, m.image_channels
         self.scale = 1 if m.downscale == "none" else 2
@@ -59,6 +60,14 @@ class IICNet(nn.Module):
                                       m.memory_saving)
         self.squeeze = ChannelSqueeze(channels, m.embed_channels)
         self.inverse_relation = relation()
+
+    def set_fused(self, fused: bool) -> IICNet:
+        """Switch between the fused and the straightforward formulation (same weights)."""
+        self.config.fused = fused
+        for module in self.modules():
+            if module is not self and hasattr(module, "fused"):
+                module.fused = fused
+        return self
 
     @property
     def multiple(self) -> int:

@@ -65,9 +65,7 @@ def test_fused_and_straightforward_formulations_match():
     x = torch.rand(1, 5, 3, 16, 16)
     results = []
     for fused in (False, True):
-        for mod in model.modules():
-            if hasattr(mod, "fused"):
-                mod.fused = fused
+        model.set_fused(fused)
         model.zero_grad()
         out = model(x, generator=torch.Generator().manual_seed(0))
         (out.embedding.sum() + out.restored.pow(2).sum()).backward()
@@ -82,9 +80,7 @@ def test_fused_inference_layout_matches_straightforward():
     x = torch.rand(1, 5, 3, 16, 16)
     outs = []
     for fused in (False, True):
-        for mod in model.modules():
-            if hasattr(mod, "fused"):
-                mod.fused = fused
+        model.set_fused(fused)
         with torch.no_grad():
             e = model.embed(x)
             outs.append((e, model.restore(e)))
