@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 
@@ -17,9 +18,18 @@ LAYOUTS: dict[str, ModuleType] = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+_COMMON = ("command", "root", "out", "workers", "strict", "shard_size")
+"""Arguments of every layout that are not options of the dataset (kept out of the manifest)."""
+
+
+def build_parser(
+    prog: str = "python -m data_prep",
+    layout_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The command line; ``layout_arguments`` adds a front end's own options (e.g. Ray's
+    ``--address``) to every layout's subcommand."""
     parser = argparse.ArgumentParser(
-        prog="python -m data_prep",
+        prog=prog,
         description="Pack a source dataset into WebDataset shards (a directory or s3://...).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -37,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="threads reading and checking source files")
         if hasattr(module, "add_arguments"):
             module.add_arguments(sub)
+        if layout_arguments is not None:
+            layout_arguments(sub)
     sub = commands.add_parser("samples", help="build the small sample datasets",
                               description=samples.__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,8 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def layout_options(args: argparse.Namespace, ignore: Iterable[str] = ()) -> dict:
+    """The layout's own options, as recorded in the manifest."""
+    skip = {*_COMMON, *ignore}
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "samples":
             built = samples.build(args.out)
@@ -56,11 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.root.is_dir():
             raise PrepError(f"--root {args.root}: not a directory")
         splits = module.plan(args.root, args)
-        options = {k: v for k, v in vars(args).items()
-                   if k not in ("command", "root", "out", "workers", "strict", "shard_size")}
         write_dataset(module.NAME, splits, module.pack, args.out,
                       shard_size=args.shard_size, strict=args.strict, workers=args.workers,
-                      options=options)
+                      options=layout_options(args))
     except (PrepError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
