@@ -77,18 +77,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def parse_model_uri(uri: str) -> ModelSource:
-    """The registered name (and version, when the URI names one) a model URI points at."""
-    if uri.startswith("models:/"):
-        rest = uri[len("models:/"):].strip("/")
-        name, at, alias = rest.partition("@")
-        if at:
-            return ModelSource(uri, name)
-        name, _, version = rest.partition("/")
-        return ModelSource(uri, name, version if version.isdigit() else "")
-    return ModelSource(uri, uri)
-
-
 def load_model(uri: str, device: torch.device | str = "cpu"
                ) -> tuple[IICNet, Config, ModelSource]:
     """Resolve a checkpoint directory or an MLflow model URI into an evaluating model.
@@ -121,17 +109,17 @@ def load_model(uri: str, device: torch.device | str = "cpu"
     try:
         from iicnet import registry
 
-        model, config = registry.load_model(uri)
-        source = parse_model_uri(uri)
-        describe = getattr(registry, "describe_model", None)
-        if describe is not None and uri.startswith(MODEL_SCHEMES):
-            source = ModelSource(uri, *describe(uri))
+        # resolved once: MLflow's download_artifacts can unset MLFLOW_TRACKING_URI on its way
+        # out (in a process that never set a tracking URI itself)
+        server = registry.tracking_uri()
+        model, config = registry.load_model(uri, server)
+        name, version = registry.registered_version(uri, server)
     except ImportError as exc:
         raise ModelError(f"{uri}: loading registered models needs MLflow: pip install "
                          f"'iicnet[ray]' ({exc})") from exc
     except (registry.TrackingError, CheckpointError) as exc:
         raise ModelError(str(exc)) from exc
-    return model.to(device).eval(), config, source
+    return model.to(device).eval(), config, ModelSource(uri, name or uri, version)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
