@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m iicnet.demo
+	$(PY) ray_jobs/train.py
 
 test: $(STAMP)
 	$(PY) -m ruff check .

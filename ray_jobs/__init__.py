@@ -1,0 +1,1 @@
+"""Ray entry points over the iicnet library: train (and later tune, evaluate, prep)."""

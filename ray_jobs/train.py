@@ -1,0 +1,389 @@
+"""Train IICNet with Ray Train (DDP), tracked and registered in MLflow.
+
+    python ray_jobs/train.py                  # the embedded default, on this machine
+    ray job submit --working-dir . -- python ray_jobs/train.py \\
+        --config configs/video-k5.yaml --data s3://bucket/davis --num-workers 8 --gpu \\
+        --storage s3://bucket/ray-results
+
+With no arguments: the DAVIS-layout sample dataset is built and sharded under ``.iicnet/``
+(or ``$IICNET_CACHE``) if missing, a private local Ray runs 2 CPU workers on the small video
+variant (``configs/video-k3-small.yaml``), MLflow records into ``.iicnet/mlflow.db`` unless
+``MLFLOW_TRACKING_URI`` names a server, and the result is registered as ``iicnet-video``
+with alias ``candidate``.
+
+What happens, in order: the config, the data's manifest and the tracking server are checked
+(a problem exits with status 2 and a message naming it, before any training); the MLflow
+run is created with the full config as params; a ``TorchTrainer`` runs :func:`train_loop`
+on every worker; the final checkpoint is logged as a model, registered, and its validation
+scores become the version's tags.
+
+Each worker streams its own share of the training shards (``iicnet.data``, resampled, so
+there are no epochs) and steps an :class:`iicnet.training.Trainer` under DDP (gloo on CPU,
+nccl on GPU). Rank 0 logs losses, learning rate, samples/s and the fraction of step time
+spent waiting for data every ``train.log_every`` steps; every ``train.val_every`` steps all
+ranks validate their share of the validation split (PSNR/SSIM as the paper's tables, summed
+across ranks) and rank 0 logs the scores and a PNG grid; every ``train.checkpoint_every``
+steps (and at the end) a training checkpoint goes through ``ray.train.report`` into
+``<storage>/<run name>/``. A worker that dies restarts the worker group from the latest
+checkpoint (``--max-failures`` times), continuing the step count; ``--resume NAME``
+continues an earlier run the same way. A loss that is not finite or spikes rolls back to the
+last checkpoint with half the learning rate, logged as an event.
+
+Fault injection for tests: ``IICNET_FAULT_AT_STEP=N`` kills the last rank's process (SIGKILL)
+when it reaches step N, once: the file named by ``IICNET_FAULT_MARKER`` records that it
+happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ray_jobs import common
+
+DEFAULT_CONFIG = common.REPO / "configs" / "video-k3-small.yaml"
+log = logging.getLogger("iicnet.train")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="ray_jobs/train.py", description=__doc__.split("\n\n")[0],
+        epilog="Exit status: 0 trained and registered, 1 training failed, 2 bad arguments "
+               "or an unreachable service.")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="YAML config (default: configs/video-k3-small.yaml)")
+    parser.add_argument("--data", help="training shards: a directory or s3://bucket/prefix "
+                        "(default: the sample dataset, built if missing)")
+    parser.add_argument("--val-data", help="validation shards (default: --data); the 'val' "
+                        "split is used")
+    parser.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DDP)")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker, nccl, bf16")
+    parser.add_argument("--steps", type=int, help="total optimiser steps (train.steps)")
+    parser.add_argument("--storage", help="checkpoints and Ray results: a directory or "
+                        "s3://bucket/prefix (default: .iicnet/ray_results)")
+    parser.add_argument("--experiment", help="MLflow experiment (default: iicnet-<task>)")
+    parser.add_argument("--resume", metavar="RUN_NAME",
+                        help="continue the run of this name in --storage from its latest "
+                        "checkpoint (and its MLflow run)")
+    parser.add_argument("--name", help="name of a new run (default: <experiment>-<time>)")
+    parser.add_argument("--max-failures", type=int, default=2,
+                        help="worker-group restarts from the latest checkpoint (default 2)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE", help="override a config field "
+                        "(repeatable), e.g. --set optim.lr=1.0e-4")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace):
+    from iicnet.config import load
+
+    cfg = load(args.config)
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    return cfg.override(overrides) if overrides else cfg
+
+
+def check_data(source: str, split: str, cfg) -> int:
+    """Samples in ``split`` of ``source``; raises ConfigError / FileNotFoundError / ValueError
+    naming what does not fit."""
+    from iicnet.config import ConfigError
+    from iicnet.data import read_manifest
+    from iicnet.tasks import get_task
+
+    task = get_task(cfg)
+    manifest = read_manifest(source)
+    if manifest["source"] not in task.sources:
+        raise ConfigError(f"data.task: the {task.name} task reads {' or '.join(task.sources)} "
+                          f"shards, but {source} holds {manifest['source']} shards")
+    if split not in manifest["splits"]:
+        raise ValueError(f"{source}: no {split!r} split (splits: "
+                         f"{', '.join(manifest['splits'])})")
+    return int(manifest["splits"][split]["samples"])
+
+
+def run_exists(storage_path: str, filesystem: Any, name: str) -> bool:
+    from pyarrow import fs
+
+    filesystem = filesystem or fs.LocalFileSystem()
+    return filesystem.get_file_info(f"{storage_path}/{name}").type != fs.FileType.NotFound
+
+
+def main(argv: list[str] | None = None) -> int:
+    from iicnet import registry
+    from iicnet.config import ConfigError
+    from iicnet.storage import StorageError
+
+    args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.num_workers < 1:
+        return common.fail(f"--num-workers: must be at least 1, got {args.num_workers}")
+    if args.max_failures < -1:
+        return common.fail(f"--max-failures: must be -1 (forever) or more, got "
+                           f"{args.max_failures}")
+    try:
+        cfg = resolve_config(args)
+    except ConfigError as exc:
+        return common.fail(str(exc))
+    if args.gpu and not common.on_cluster():
+        import torch
+
+        if not torch.cuda.is_available():
+            return common.fail("--gpu: this machine has no CUDA GPU (leave --gpu out to train "
+                               "on CPU, or submit the job to a cluster with GPUs)")
+    cache = common.cache_dir()
+    default_uri, default_artifacts = common.default_tracking(cache)
+    uri = registry.tracking_uri(default_uri)
+    artifact_location = default_artifacts if uri == default_uri else None
+    try:
+        registry.check_tracking(uri)
+        # Absolute, because Ray Train workers run in a directory of their own.
+        data = common.absolute(args.data) if args.data else common.sample_shards(cache)
+        val_data = common.absolute(args.val_data) if args.val_data else data
+        check_data(data, "train", cfg)
+        if check_data(val_data, "val", cfg) < 1:
+            raise ValueError(f"{val_data}: the 'val' split is empty")
+        storage_path, filesystem = common.storage(args.storage or str(cache / "ray_results"))
+    except registry.TrackingError as exc:
+        return common.fail(str(exc))
+    except (ConfigError, FileNotFoundError, ValueError, StorageError) as exc:
+        return common.fail(str(exc))
+    experiment = args.experiment or registry.model_name(cfg.data.task)
+    if args.resume:
+        name = args.resume
+        if not run_exists(storage_path, filesystem, name):
+            return common.fail(f"--resume {name}: no run of that name in "
+                               f"{args.storage or storage_path}")
+    else:
+        name = args.name or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    run_id = registry.start_run(
+        uri, experiment, name, cfg, artifact_location=artifact_location, resume=bool(args.resume),
+        tags={"data": data, "val_data": val_data, "num_workers": str(args.num_workers),
+              "device": "gpu" if args.gpu else "cpu",
+              "storage": args.storage or storage_path})
+    print(f"run {name}: {cfg.data.task} task, {args.num_workers} worker(s) on "
+          f"{'GPU' if args.gpu else 'CPU'}, {cfg.train.steps} steps; MLflow run {run_id} at "
+          f"{registry.redact(uri)}", flush=True)
+
+    result = fit(cfg, name=name, data=data, val_data=val_data, uri=uri, run_id=run_id,
+                 num_workers=args.num_workers, use_gpu=args.gpu, storage_path=storage_path,
+                 filesystem=filesystem, max_failures=args.max_failures)
+    tracker = registry.Tracker(uri, run_id)
+    if result.error is not None or result.checkpoint is None:
+        tracker.finish("FAILED")
+        print(f"error: training failed: {result.error}", file=sys.stderr, flush=True)
+        return 1
+    summary = register(cfg, result, uri, run_id)
+    tracker.finish()
+    report(summary, uri, name, result.path)
+    return 0
+
+
+def fit(cfg, *, name: str, data: str, val_data: str, uri: str, run_id: str, num_workers: int,
+        use_gpu: bool, storage_path: str, filesystem: Any, max_failures: int):
+    """Run :func:`train_loop` on ``num_workers`` Ray Train workers; the ``ray.train.Result``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    local_cpus = os.cpu_count() or 1
+    common.init_ray(num_cpus=None if common.on_cluster() else max(local_cpus, num_workers))
+    threads = None if common.on_cluster() else max(1, local_cpus // num_workers)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg.to_dict(), "data": data, "val_data": val_data,
+                           "tracking_uri": uri, "run_id": run_id, "threads": threads},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu,
+            resources_per_worker=None if threads is None or use_gpu else {"CPU": threads}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    return trainer.fit()
+
+
+class Meter:
+    """Losses, step time and data wait since the last log line."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps, self.wait, self.busy = 0, 0.0, 0.0
+        self.sums: dict[str, float] = {}
+
+    def add(self, values: dict[str, float], wait: float, busy: float) -> None:
+        self.steps += 1
+        self.wait += wait
+        self.busy += busy
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.steps for k, v in self.sums.items()}
+
+
+def train_loop(job: dict[str, Any]) -> None:
+    """One Ray Train worker: stream its shards, step, validate, log (rank 0), checkpoint."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from iicnet import registry
+    from iicnet.config import from_dict
+    from iicnet.data import make_loader
+    from iicnet.training import Trainer, all_reduce_sum, image_grid
+
+    cfg = from_dict(job["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
+    trainer = Trainer(cfg, ray.train.torch.get_device())
+    latest = ray.train.get_checkpoint()
+    if latest is not None:
+        with latest.as_directory() as directory:
+            trainer.load(directory)
+    start = trainer.step
+    trainer.wrap(lambda model: ray.train.torch.prepare_model(model, move_to_device=False))
+    tracker = registry.Tracker(job["tracking_uri"], job["run_id"]) if rank == 0 else None
+    if tracker and start:
+        log.info("resumed from the checkpoint at step %d", start)
+        tracker.metrics({"train/resumed_from": start}, step=start)
+
+    # A fresh draw of shards and crops after each restart instead of replaying the first.
+    seed = cfg.train.seed * 1_000_003 + start
+    batches = iter(make_loader(job["data"], cfg, split="train", train=True, rank=rank,
+                               world_size=world, resampled=True, seed=seed))
+    val_cfg = cfg.override(["data.loader_workers=0"])
+    meter = Meter()
+    t, steps = cfg.train, cfg.train.steps
+    while trainer.step < steps:
+        inject_fault(trainer.step, rank, world)
+        began = time.perf_counter()
+        images, reference = next(batches)
+        waited = time.perf_counter() - began
+        result = trainer.train_step(images, reference)
+        busy = time.perf_counter() - began
+        if result.exploded:
+            event = trainer.rollback(result.exploded)
+            meter.reset()
+            if tracker:
+                log.warning("%s at step %d: rolled back to step %d, lr now %.3g",
+                            event["reason"], event["failed_step"], event["resumed_step"],
+                            event["lr"])
+                tracker.metrics({"train/rollbacks": event["rollbacks"]}, event["failed_step"])
+                tracker.json(event, f"events/rollback-{event['rollbacks']:02d}-step"
+                             f"{event['failed_step']:08d}.json")
+            continue
+        meter.add({**result.losses, "grad_norm": result.grad_norm}, waited, busy)
+        step = trainer.step
+        final = step == steps
+        if step % t.log_every == 0 or final:
+            timing = all_reduce_sum(torch.tensor([meter.wait, meter.busy], dtype=torch.float64))
+            metrics = {**meter.means(), "lr": result.lr,
+                       "samples_per_s": meter.steps * cfg.data.batch_size * world / meter.busy,
+                       "data_wait_fraction": float(timing[0] / timing[1])}
+            if tracker:
+                tracker.metrics(metrics, step)
+                log.info("step %d/%d loss %.1f lr %.3g %.1f samples/s, data wait %.0f%%", step,
+                         steps, metrics["loss/total"], result.lr, metrics["samples_per_s"],
+                         100 * metrics["data_wait_fraction"])
+            meter.reset()
+        scores: dict[str, float] = {}
+        if step % t.val_every == 0 or final:
+            val = trainer.validate(make_loader(job["val_data"], val_cfg, split="val",
+                                               train=False, rank=rank, world_size=world))
+            scores = val.means()
+            if tracker:
+                tracker.metrics(scores, step)
+                if val.example is not None:
+                    tracker.image(image_grid(**val.example), f"validation/step-{step:08d}.png")
+                log.info("step %d: %s", step,
+                         ", ".join(f"{k[4:]} {v:.3f}" for k, v in scores.items()))
+        if step % t.checkpoint_every == 0 or final:
+            save_and_report(trainer, rank, {"step": step, **result.losses, **scores})
+
+
+def save_and_report(trainer, rank: int, metrics: dict[str, float]) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the training checkpoint."""
+    import ray.train
+
+    name = f"step-{trainer.step:08d}" + (f"-r{trainer.rollbacks}" if trainer.rollbacks else "")
+    if rank != 0:
+        trainer.last_good = trainer.capture()
+        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        trainer.save(directory)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=name)
+
+
+def inject_fault(step: int, rank: int, world: int) -> None:
+    """The test hook of the module docstring: SIGKILL the last rank once at a given step."""
+    at = os.environ.get("IICNET_FAULT_AT_STEP")
+    marker = os.environ.get("IICNET_FAULT_MARKER")
+    if at is None or marker is None or rank != world - 1 or step != int(at):
+        return
+    try:
+        Path(marker).touch(exist_ok=False)
+    except FileExistsError:
+        return
+    log.warning("fault injection: killing rank %d (pid %d) at step %d", rank, os.getpid(), step)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def register(cfg, result, uri: str, run_id: str) -> dict[str, Any]:
+    """Log the final checkpoint as a model, register it with alias ``candidate`` and its
+    validation scores as version tags."""
+    from iicnet import registry
+
+    scores = {k: v for k, v in result.metrics.items() if k.startswith("val/")}
+    name = registry.model_name(cfg.data.task)
+    with result.checkpoint.as_directory() as directory:
+        model_uri = registry.log_model(uri, run_id, directory)
+    version = registry.register(uri, model_uri, name, tags={
+        **{k: f"{v:.4f}" for k, v in scores.items()},
+        "step": str(result.metrics.get("step")), "run_id": run_id})
+    return {"name": name, "version": version, "alias": registry.DEFAULT_ALIAS,
+            "model_uri": model_uri, "scores": scores}
+
+
+def report(summary: dict[str, Any], uri: str, run_name: str, path: str) -> None:
+    from iicnet import registry
+
+    scores = summary["scores"]
+    registered = f"models:/{summary['name']}@{summary['alias']}"
+    if uri.startswith("sqlite:"):
+        ui = f"mlflow ui --backend-store-uri {uri}  # then open http://127.0.0.1:5000"
+    else:
+        ui = f"open {registry.redact(uri)}"
+    lines = [
+        "",
+        f"trained: run {run_name}, checkpoints in {path}",
+        f"  embedding PSNR {scores.get('val/embedding_psnr', float('nan')):.2f} dB, "
+        f"SSIM {scores.get('val/embedding_ssim', float('nan')):.4f}",
+        f"  restored  PSNR {scores.get('val/restored_psnr', float('nan')):.2f} dB, "
+        f"SSIM {scores.get('val/restored_ssim', float('nan')):.4f}  (validation, RGB)",
+        f"registered: {registered} (version {summary['version']})",
+        f"MLflow UI:  {ui}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

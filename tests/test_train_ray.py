@@ -1,0 +1,182 @@
+"""ray_jobs/train.py end to end: real Ray, a real MLflow server, a real S3 server, loopback.
+
+Every run is the job's command line in a subprocess (its own local Ray), on a tiny model for
+a handful of steps. Network calls go to servers these tests start on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ray_jobs.train import main
+from tests.conftest import S3Server, _free_port
+from tests.fixtures_mlflow import mlflow_server  # noqa: F401 (fixture)
+from tests.fixtures_ray import RayHead, ray_head  # noqa: F401 (fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--set", "model.blocks=1", "--set", "model.nf=4", "--set", "model.growth=4",
+        "--set", "data.crop=32", "--set", "data.batch_size=2", "--set", "data.loader_workers=1",
+        "--set", "train.log_every=1", "--set", "train.val_every=2",
+        "--set", "train.checkpoint_every=2"]
+METRICS = ["loss/total", "loss/emb", "loss/freq", "loss/res", "lr", "grad_norm",
+           "samples_per_s", "data_wait_fraction", "val/embedding_psnr", "val/embedding_ssim",
+           "val/restored_psnr", "val/restored_ssim"]
+
+
+@pytest.fixture(scope="module")
+def davis_shards(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from data_prep.__main__ import main as prep
+
+    out = tmp_path_factory.mktemp("davis-shards")
+    assert prep(["davis", "--root", str(samples / "davis"), "--out", str(out),
+                 "--shard-size", "1"]) == 0
+    return out
+
+
+def job_env(tmp_path: Path, tracking: str, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "RAY_AUTH_MODE": "disabled",
+           "IICNET_CACHE": str(tmp_path / "cache"), "MLFLOW_DISABLE_TELEMETRY": "true",
+           "RAY_USAGE_STATS_ENABLED": "0", **extra}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def train(args: list[str], env: dict[str, str], timeout: float = 900
+          ) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(REPO / "ray_jobs" / "train.py"), *args],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    return done
+
+
+def mlflow_run(tracking: str, name: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`iicnet.run_name` = '{name}'")
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_bad_arguments_fail_fast_naming_the_problem(capsys, monkeypatch, davis_shards):
+    assert main(["--set", "model.blocks=0"]) == 2
+    assert "model.blocks: must be positive" in capsys.readouterr().err
+    assert main(["--set", "nosuch.field=1"]) == 2
+    assert "unknown section 'nosuch'" in capsys.readouterr().err
+    assert main(["--num-workers", "0"]) == 2
+    assert "--num-workers" in capsys.readouterr().err
+    assert main(["--data", str(davis_shards), "--set", "data.task=stereo",
+                 "--set", "model.num_images=2"]) == 2
+    assert "data.task: the stereo task reads flickr1024" in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    assert main(["--data", str(davis_shards)]) == 2
+    assert "is not reachable" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_workers_train_log_checkpoint_and_register(mlflow_server, davis_shards,  # noqa: F811
+                                                      tmp_path, monkeypatch):
+    import mlflow
+
+    from iicnet import checkpoint, registry
+    from iicnet.training import STATE
+
+    storage = tmp_path / "results"
+    done = train(["--data", str(davis_shards), "--num-workers", "2", "--steps", "4",
+                  "--storage", str(storage), "--experiment", "ray-test", "--name", "two",
+                  *TINY], job_env(tmp_path, mlflow_server))
+    assert "registered: models:/iicnet-video@candidate" in done.stdout
+
+    final = storage / "two" / "step-00000004"
+    assert {p.name for p in final.iterdir()} >= {"model.safetensors", "config.json",
+                                                 "optimizer.safetensors", STATE}
+    assert json.loads((final / STATE).read_text())["step"] == 4
+
+    client, run = mlflow_run(mlflow_server, "two")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.blocks"] == "1" and run.data.params["train.steps"] == "4"
+    assert run.data.params["optim.milestones"] == "[100000, 200000, 300000, 400000]"
+    for key in METRICS:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert history, key
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/total")] == [
+        1, 2, 3, 4]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "config.json" in artifacts
+    grids = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
+    assert grids == {"validation/step-00000002.png", "validation/step-00000004.png"}
+
+    version = client.get_model_version_by_alias("iicnet-video", "candidate")
+    assert version.tags["run_id"] == run.info.run_id and version.tags["step"] == "4"
+    assert float(version.tags["val/restored_psnr"]) > 5
+    model, cfg = registry.load_model("models:/iicnet-video@candidate", uri=mlflow_server)
+    reference, _ = checkpoint.load(final)
+    for key, value in reference.state_dict().items():
+        assert (model.state_dict()[key] == value).all(), key
+    assert cfg.model.blocks == 1 and cfg.train.steps == 4
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    pyfunc = mlflow.pyfunc.load_model("models:/iicnet-video@candidate")
+    frames = np.random.default_rng(0).integers(0, 256, (1, 3, 3, 16, 16), dtype=np.uint8)
+    import torch
+
+    expected = model.encode(torch.from_numpy(frames)).numpy()
+    assert np.array_equal(pyfunc.predict(frames), expected)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_on_s3(mlflow_server, s3: S3Server, bucket: str,  # noqa: F811
+                                       samples: Path, tmp_path: Path):
+    from data_prep.__main__ import main as prep
+
+    assert prep(["davis", "--root", str(samples / "davis"), "--out", f"{bucket}/davis",
+                 "--shard-size", "1"]) == 0
+    marker = tmp_path / "killed"
+    env = job_env(tmp_path, mlflow_server, IICNET_FAULT_AT_STEP="3",
+                  IICNET_FAULT_MARKER=str(marker))
+    train(["--data", f"{bucket}/davis", "--storage", f"{bucket}/results", "--steps", "6",
+           "--experiment", "ray-test", "--name", "killed", *TINY], env)
+    assert marker.exists()  # the last rank really was killed at step 3
+
+    name = bucket.removeprefix("s3://")
+    keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=name, Prefix="results/")
+            .get("Contents", [])}
+    assert "results/killed/step-00000006/model.safetensors" in keys
+    state = s3.client().get_object(Bucket=name, Key="results/killed/step-00000006/trainer.json")
+    assert json.loads(state["Body"].read())["step"] == 6
+
+    client, run = mlflow_run(mlflow_server, "killed")
+    resumed = client.get_metric_history(run.info.run_id, "train/resumed_from")
+    assert [m.value for m in resumed] == [2.0]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss/total")]
+    assert max(steps) == 6 and {3, 4, 5, 6} <= set(steps)
+    logged = json.dumps({**run.data.params, **run.data.tags})
+    assert s3.secret_key not in logged and s3.access_key not in logged
+
+
+@pytest.mark.slow
+def test_ray_job_submit(ray_head: RayHead, mlflow_server, davis_shards, tmp_path):  # noqa: F811
+    storage = tmp_path / "results"
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server,
+                                "MLFLOW_DISABLE_TELEMETRY": "true"}}
+    command = [ray_head.ray(), "job", "submit", "--address", ray_head.dashboard,
+               "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
+               sys.executable, "ray_jobs/train.py", "--data", str(davis_shards), "--steps", "2",
+               "--num-workers", "2", "--storage", str(storage), "--experiment", "ray-test",
+               "--name", "submitted", *TINY]
+    done = subprocess.run(command, env=ray_head.env, cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0 and "succeeded" in done.stdout, (
+        f"{done.stdout[-5000:]}\n{done.stderr[-3000:]}")
+    assert (storage / "submitted" / "step-00000002" / "model.safetensors").is_file()
+    _, run = mlflow_run(mlflow_server, "submitted")
+    assert run.info.status == "FINISHED"
