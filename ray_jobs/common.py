@@ -122,12 +122,14 @@ def storage(url: str) -> tuple[str, Any]:
 
 
 class S3WithoutDirMarkers(fs.FileSystemHandler):
-    """An S3 filesystem whose ``create_dir`` writes nothing.
+    """An S3 filesystem that never writes directory marker objects.
 
-    S3 has no directories; Arrow's ``create_dir`` writes an empty ``prefix/`` marker object,
-    which S3-compatible servers that keep objects as files (``rclone serve s3``) refuse.
-    Ray Train creates its run directory that way before writing anything into it. Everything
-    else goes to the wrapped ``pyarrow.fs.S3FileSystem`` unchanged.
+    S3 has no directories, but Arrow's S3 filesystem writes an empty ``prefix/`` object when
+    asked to create a directory and, after deleting, to keep a parent "directory" in
+    existence. Ray Train does both (its run folder; old checkpoints). S3-compatible servers
+    that keep objects as files refuse such markers (``rclone serve s3`` answers 500 and its
+    listing of that prefix breaks). So creating a directory does nothing and deleting goes
+    through :mod:`iicnet.storage` (boto3); reads and writes use Arrow's filesystem.
     """
 
     def __init__(self, s3: Any):
@@ -155,19 +157,26 @@ class S3WithoutDirMarkers(fs.FileSystemHandler):
         pass
 
     def delete_dir(self, path: str) -> None:
-        self.s3.delete_dir(path)
+        self.delete_dir_contents(path)
 
     def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
-        self.s3.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+        from iicnet import storage as iic_storage
+
+        url = f"s3://{path.strip('/')}"
+        for name in iic_storage.list_names(url):
+            iic_storage.remove(iic_storage.join(url, name))
 
     def delete_root_dir_contents(self) -> None:
-        self.s3.delete_dir_contents("/", accept_root_dir=True)
+        raise OSError("refusing to delete the contents of every bucket")
 
     def delete_file(self, path: str) -> None:
-        self.s3.delete_file(path)
+        from iicnet import storage as iic_storage
+
+        iic_storage.remove(f"s3://{path}")
 
     def move(self, src: str, dest: str) -> None:
-        self.s3.move(src, dest)
+        self.s3.copy_file(src, dest)
+        self.delete_file(src)
 
     def copy_file(self, src: str, dest: str) -> None:
         self.s3.copy_file(src, dest)

@@ -53,7 +53,7 @@ def group_members(pgid: int) -> list[int]:
     return pids
 
 
-def stop_group(pgid: int, timeout: float = 20) -> None:
+def stop_group(pgid: int, timeout: float = 5) -> None:
     """SIGTERM process group ``pgid``, then SIGKILL it if anything is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
