@@ -48,6 +48,7 @@ def test_overrides_parse_values_and_reject_unknown_fields():
     cfg = Config().override(["model.blocks=4", "optim.milestones=[10, 20]", "data.task=stereo"])
     assert cfg.model.blocks == 4 and cfg.optim.milestones == [10, 20]
     assert cfg.data.task == "stereo"
+    assert Config().override(["optim.lr=1e-3"]).optim.lr == 1e-3
     assert cfg.flat()["model.blocks"] == 4
     with pytest.raises(ConfigError, match="unknown field 'model.depth'"):
         cfg.override(["model.depth=3"])
