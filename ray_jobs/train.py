@@ -176,15 +176,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{'GPU' if args.gpu else 'CPU'}, {cfg.train.steps} steps; MLflow run {run_id} at "
           f"{registry.redact(uri)}", flush=True)
 
-    result = fit(cfg, name=name, data=data, val_data=val_data, uri=uri, run_id=run_id,
-                 num_workers=args.num_workers, use_gpu=args.gpu, storage_path=storage_path,
-                 filesystem=filesystem, max_failures=args.max_failures)
     tracker = registry.Tracker(uri, run_id)
-    if result.error is not None or result.checkpoint is None:
+    try:
+        result = fit(cfg, name=name, data=data, val_data=val_data, uri=uri, run_id=run_id,
+                     num_workers=args.num_workers, use_gpu=args.gpu, storage_path=storage_path,
+                     filesystem=filesystem, max_failures=args.max_failures)
+        if result.error is not None or result.checkpoint is None:
+            tracker.finish("FAILED")
+            print(f"error: training failed: {result.error}\nresume from the latest checkpoint "
+                  f"with --resume {name}", file=sys.stderr, flush=True)
+            return 1
+        summary = register(cfg, result, uri, run_id)
+    except BaseException:
         tracker.finish("FAILED")
-        print(f"error: training failed: {result.error}", file=sys.stderr, flush=True)
-        return 1
-    summary = register(cfg, result, uri, run_id)
+        raise
     tracker.finish()
     report(summary, uri, name, result.path)
     return 0
@@ -382,6 +387,8 @@ def report(summary: dict[str, Any], uri: str, run_name: str, path: str) -> None:
         f"registered: {registered} (version {summary['version']})",
         f"MLflow UI:  {ui}",
     ]
+    if uri.startswith("sqlite:"):
+        lines.append(f"use it:     MLFLOW_TRACKING_URI={uri} iicnet info {registered}")
     print("\n".join(lines), flush=True)
 
 
