@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,5 +53,8 @@ def read_image(path: Path) -> SourceImage:
             width, height = image.size
             mode = image.mode
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadImage(f"does not decode ({exc})") from exc
+        # PIL names the in-memory stream in some messages ("<_io.BytesIO object at 0x...>");
+        # drop that so the same bad file gives the same reason in every run and manifest.
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc)).strip()
+        raise BadImage(f"does not decode ({reason or type(exc).__name__})") from exc
     return SourceImage(path, data, height, width, mode)

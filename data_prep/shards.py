@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
 import sys
+import tarfile
 import tempfile
 import threading
 from collections.abc import Callable
@@ -149,15 +151,19 @@ def plan_shards(splits: dict[str, list[Item]], shard_size: int) -> list[ShardPla
 
 
 def _write_tar(path: Path, samples: list[Sample]) -> tuple[int, str]:
-    from webdataset import TarWriter
-
-    with open(path, "wb") as stream:
-        writer = TarWriter(stream, encoder=False, mtime=0, user="iicnet", group="iicnet")
+    """WebDataset layout with the standard library's tarfile: entries ``<key>.<ext>`` in key
+    order, then extension order; fixed owner, mode and mtime so equal inputs give equal bytes.
+    (webdataset's own writer would import torch, seconds per Ray prep task.)"""
+    with open(path, "wb") as stream, tarfile.open(fileobj=stream, mode="w|") as tar:
         for sample in samples:
-            record: dict[str, Any] = {"__key__": sample.key, **sample.entries}
-            record["meta.json"] = json.dumps(sample.meta, sort_keys=True).encode()
-            writer.write(record)
-        writer.close()
+            entries = {**sample.entries,
+                       "meta.json": json.dumps(sample.meta, sort_keys=True).encode()}
+            for ext in sorted(entries):
+                data = entries[ext]
+                info = tarfile.TarInfo(f"{sample.key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o444
+                info.uname = info.gname = "iicnet"
+                tar.addfile(info, io.BytesIO(data))
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         while chunk := stream.read(1 << 20):

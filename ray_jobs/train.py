@@ -198,26 +198,40 @@ def main(argv: list[str] | None = None) -> int:
 def fit(cfg, *, name: str, data: str, val_data: str, uri: str, run_id: str, num_workers: int,
         use_gpu: bool, storage_path: str, filesystem: Any, max_failures: int):
     """Run :func:`train_loop` on ``num_workers`` Ray Train workers; the ``ray.train.Result``."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     local_cpus = os.cpu_count() or 1
     common.init_ray(num_cpus=None if common.on_cluster() else max(local_cpus, num_workers))
     threads = None if common.on_cluster() else max(1, local_cpus // num_workers)
-    trainer = TorchTrainer(
+    per_worker = None if threads is None or use_gpu else {"CPU": threads}
+    trainer = make_trainer(cfg, data=data, val_data=val_data, uri=uri, run_id=run_id,
+                           threads=threads, num_workers=num_workers, use_gpu=use_gpu,
+                           per_worker=per_worker, name=name, storage_path=storage_path,
+                           filesystem=filesystem, max_failures=max_failures)
+    return trainer.fit()
+
+
+def make_trainer(cfg, *, data: str, val_data: str, uri: str, run_id: str, threads: int | None,
+                 num_workers: int, use_gpu: bool, per_worker: dict[str, float] | None,
+                 name: str, storage_path: str, filesystem: Any, max_failures: int,
+                 callbacks: list[Any] | None = None):
+    """The ``TorchTrainer`` of :func:`train_loop` (also what each sweep trial fits): DDP over
+    ``num_workers`` workers, checkpoints (latest two kept) under ``storage_path/name``, and
+    ``max_failures`` restarts from the latest checkpoint."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "data": data, "val_data": val_data,
                            "tracking_uri": uri, "run_id": run_id, "threads": threads},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu,
-            resources_per_worker=None if threads is None or use_gpu else {"CPU": threads}),
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=filesystem,
+            callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
-    return trainer.fit()
 
 
 class Meter:

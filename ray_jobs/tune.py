@@ -275,9 +275,7 @@ def run_trial(values: dict[str, Any], job: dict[str, Any]) -> None:
     """One trial (a Tune function trainable): its child MLflow run and a TorchTrainer over
     ``ray_jobs.train.train_loop``. Rerun after an interruption, it finds both again: the run
     by name, the trainer's latest checkpoint in its storage folder."""
-    import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
 
     from iicnet import registry
     from iicnet.config import from_dict
@@ -289,21 +287,13 @@ def run_trial(values: dict[str, Any], job: dict[str, Any]) -> None:
         job["tracking_uri"], job["experiment"], f"{job['sweep']}-{trial_id}", cfg, resume=True,
         tags={"mlflow.parentRunId": job["parent_run_id"], SWEEP_TAG: job["sweep"],
               TRIAL_TAG: trial_id, "tune.searched": ",".join(values)})
-    trainer = TorchTrainer(
-        train.train_loop,
-        train_loop_config={"config": cfg.to_dict(), "data": job["data"],
-                           "val_data": job["val_data"], "tracking_uri": job["tracking_uri"],
-                           "run_id": run_id, "threads": job["threads"]},
-        scaling_config=ray.train.ScalingConfig(num_workers=job["workers"], use_gpu=job["gpu"],
-                                               resources_per_worker=job["per_worker"]),
-        run_config=ray.train.RunConfig(
-            name=trial_id, storage_path=f"{job['storage_path']}/{job['sweep']}/train",
-            storage_filesystem=job["filesystem"],
-            callbacks=[objective_callback(job["min_embedding_psnr"], job["penalty"])],
-            failure_config=ray.train.FailureConfig(max_failures=job["max_failures"]),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-    )
+    trainer = train.make_trainer(
+        cfg, data=job["data"], val_data=job["val_data"], uri=job["tracking_uri"],
+        run_id=run_id, threads=job["threads"], num_workers=job["workers"], use_gpu=job["gpu"],
+        per_worker=job["per_worker"], name=trial_id,
+        storage_path=f"{job['storage_path']}/{job['sweep']}/train",
+        filesystem=job["filesystem"], max_failures=job["max_failures"],
+        callbacks=[objective_callback(job["min_embedding_psnr"], job["penalty"])])
     trainer.fit()
 
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from data_prep.__main__ import main
+from data_prep.images import BadImage, read_image
 from data_prep.samples import DAVIS_CLIPS
 from iicnet import storage
 from iicnet.config import from_dict
@@ -147,6 +148,8 @@ def test_bad_frames_are_reported_skipped_counted_and_cut_the_clip(samples, tmp_p
 
     manifest = read_manifest(str(out))
     assert {b["path"] for b in manifest["skipped"]} == {str(truncated), str(resized)}
+    # Reasons are the same in every run: no object addresses from the decoder's messages.
+    assert not any(" at 0x" in b["reason"] for b in manifest["skipped"]), manifest["skipped"]
     assert manifest["splits"]["train"]["samples"] == 3  # frames 0-9, 11-19, 21-29
     cfg = from_dict({"data": {"task": "video", "step": 1, "crop": 32, "loader_workers": 0},
                      "model": {"num_images": 3}})
@@ -255,3 +258,15 @@ def test_long_and_odd_file_names_become_distinct_tar_keys(samples, tmp_path):
                                                with_keys=True)]
     assert len(set(found)) == 3
     assert all(len(key) <= 80 for key in found)
+
+
+def test_an_undecodable_file_gives_the_same_reason_in_every_run(tmp_path):
+    not_an_image = tmp_path / "00000.jpg"
+    not_an_image.write_bytes(b"plain text, not a JPEG")
+    reasons = set()
+    for _ in range(2):
+        with pytest.raises(BadImage) as caught:
+            read_image(not_an_image)
+        reasons.add(str(caught.value))
+    (reason,) = reasons
+    assert reason.startswith("does not decode (") and "0x" not in reason, reason
