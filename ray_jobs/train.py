@@ -279,6 +279,8 @@ def train_loop(job: dict[str, Any]) -> None:
     start = trainer.step
     trainer.wrap(lambda model: ray.train.torch.prepare_model(model, move_to_device=False))
     tracker = registry.Tracker(job["tracking_uri"], job["run_id"]) if rank == 0 else None
+    if tracker:
+        console_log()
     if tracker and start:
         log.info("resumed from the checkpoint at step %d", start)
         tracker.metrics({"train/resumed_from": start}, step=start)
@@ -290,6 +292,7 @@ def train_loop(job: dict[str, Any]) -> None:
     val_cfg = cfg.override(["data.loader_workers=0"])
     meter = Meter()
     t, steps = cfg.train, cfg.train.steps
+    loop_began = time.perf_counter()
     while trainer.step < steps:
         inject_fault(trainer.step, rank, world)
         began = time.perf_counter()
@@ -318,9 +321,11 @@ def train_loop(job: dict[str, Any]) -> None:
                        "data_wait_fraction": float(timing[0] / timing[1])}
             if tracker:
                 tracker.metrics(metrics, step)
-                log.info("step %d/%d loss %.1f lr %.3g %.1f samples/s, data wait %.0f%%", step,
-                         steps, metrics["loss/total"], result.lr, metrics["samples_per_s"],
-                         100 * metrics["data_wait_fraction"])
+                left = (time.perf_counter() - loop_began) / (step - start) * (steps - step)
+                log.info("step %d/%d loss %.1f lr %.3g %.1f samples/s, data wait %.0f%%, "
+                         "about %.1f min left", step, steps, metrics["loss/total"], result.lr,
+                         metrics["samples_per_s"], 100 * metrics["data_wait_fraction"],
+                         left / 60)
             meter.reset()
         scores: dict[str, float] = {}
         if step % t.val_every == 0 or final:
@@ -335,6 +340,17 @@ def train_loop(job: dict[str, Any]) -> None:
                          ", ".join(f"{k[4:]} {v:.3f}" for k, v in scores.items()))
         if step % t.checkpoint_every == 0 or final:
             save_and_report(trainer, rank, {"step": step, **result.losses, **scores})
+
+
+def console_log() -> None:
+    """Rank 0's progress lines (steps, validation, rollbacks) on the worker's stdout, which
+    Ray forwards to the driver's console (``ray job logs`` on a cluster)."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def save_and_report(trainer, rank: int, metrics: dict[str, float]) -> None:

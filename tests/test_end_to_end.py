@@ -11,13 +11,15 @@ were started without the S3 variables, so prep must hand them over); training st
 local Ray, whose workers inherit the S3 variables. A tiny model trains for :data:`STEPS` steps,
 so what is checked is that the chain carries the trained model faithfully: the frames the CLI
 restores through the registry are exactly those the final checkpoint on S3 restores, at the
-PSNR such a run reaches (measured, with a margin).
+PSNR such a run reaches (measured, with a margin), and the training that went through S3 did
+learn: the embedding moved from the untrained network's blend of the frames towards the
+reference frame (:data:`EMBEDDING_GAIN`).
 
-Why not "beats the untrained network": on the sample clips the tiny model's restored PSNR
-stays within about 0.3 dB of the untrained network's for the first ~600 steps and only then
-rises (+1.3 dB on chelsea-pan after 900 steps, measured in-process at about 0.4 s a step on
-this machine); that takes several minutes, over this test's budget. The learning itself is
-checked by ``tests/test_serving.py`` (gentle pans, 120 steps) and ``bench/convergence.py``.
+Why not "restores better than the untrained network": in 40 steps the tiny model's restored
+PSNR stays within about 0.3 dB of the untrained network's; the restoration gain needs
+hundreds of steps (``bench/convergence.py`` measures it for the embedded default, which
+trains for 1000). The learning of the restoration in-process is also checked by
+``tests/test_serving.py`` (gentle pans, 120 steps).
 """
 
 from __future__ import annotations
@@ -41,12 +43,18 @@ CLIP = Path("DAVIS-2017-test-challenge", "JPEGImages", "480p", "chelsea-pan")
 """A held-out clip: the test split, which training never reads."""
 STEPS = 40
 TINY = ["--set", "model.blocks=1", "--set", "model.nf=8", "--set", "model.growth=8",
-        "--set", "data.crop=32", "--set", "data.batch_size=4", "--set", "optim.lr=2.0e-3",
+        "--set", "data.crop=32", "--set", "data.step=2", "--set", "data.batch_size=4",
+        "--set", "optim.lr=2.0e-3",
         "--set", "data.loader_workers=1", "--set", "train.log_every=10",
         "--set", f"train.val_every={STEPS}", "--set", f"train.checkpoint_every={STEPS}"]
 RESTORED_PSNR = 17.0
 """dB on the held-out 128x128 crops; measured 18.31 after 40 steps, 18.45 after 60 (untrained
 18.39), so training only has to leave them no worse than 0.5 dB below the untrained network."""
+
+
+EMBEDDING_GAIN = 0.75
+"""dB the embedding PSNR (against the reference frame) must gain over the untrained network's
+blend of the frames in :data:`STEPS` steps; measured 19.81 -> 21.33 dB (+1.5)."""
 
 
 def run(command: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
@@ -79,10 +87,11 @@ def download(s3: S3Server, bucket: str, prefix: str, folder: Path) -> Path:
     return folder
 
 
-def mean_psnr(frames: list[Path], restored: list[np.ndarray]) -> float:
+def mean_psnr(frames: list[Path | np.ndarray], restored: list[np.ndarray]) -> float:
     assert len(restored) == len(frames)
     return float(np.mean([10 * np.log10(255.0 ** 2 / np.mean(
-        (np.asarray(Image.open(a), dtype=np.float64) - b) ** 2))
+        (np.asarray(a if isinstance(a, np.ndarray) else Image.open(a), dtype=np.float64)
+         - b) ** 2))
         for a, b in zip(frames, restored, strict=True)]))
 
 
@@ -154,5 +163,12 @@ def test_samples_to_s3_to_training_to_registry_to_restored_frames(
               "untrained": mean_psnr(frames, fresh.restore(fresh.embed(images)))}
     assert scores["trained"] >= RESTORED_PSNR, scores
     assert scores["trained"] > scores["untrained"] - 0.5, scores
+    # What 40 steps do learn: the embedding moves from a blend of the frames to the reference.
+    reference = images[from_s3.order[0]]
+    embedding_psnr = {"trained": mean_psnr([reference], [from_s3.embed(images, as_png=False)]),
+                      "untrained": mean_psnr([reference], [fresh.embed(images, as_png=False)])}
+    assert embedding_psnr["trained"] > embedding_psnr["untrained"] + EMBEDDING_GAIN, \
+        embedding_psnr
+    print(f"embedding PSNR (dB): {embedding_psnr}")
     print(f"restored PSNR (dB): {scores}; validation: "
           f"{ {k: v for k, v in version.tags.items() if k.startswith('val/')} }")
