@@ -8,12 +8,17 @@ a process of its own, and its peak memory above the idle model is reported. Resu
 machine named, go to ``bench/results/train_step-<device>.json``.
 
     python bench/train_step.py [--steps 3] [--device auto|cpu|cuda]
+
+It also records the ceiling of any exact reformulation: the step's FLOPs (torch's flop
+counter), the straightforward step's GFLOP/s, and the best GFLOP/s this machine reaches on a
+wide convolution; their ratio bounds the speed-up possible without changing the arithmetic.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -67,7 +72,7 @@ def make_step(name: str, device: str, crop: int, batch: int, k: int):
         opt.step()
         if device == "cuda":
             torch.cuda.synchronize()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -110,6 +115,41 @@ def max_difference(device: str, crop: int, batch: int, k: int) -> float:
     return max(float((o - outs[0]).abs().max()) for o in outs[1:])
 
 
+def step_flops(device: str, crop: int, batch: int, k: int) -> float:
+    """FLOPs of one straightforward step (convolutions and matrix products, forward and
+    backward), counted by ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step = make_step("straightforward", device, crop, batch, k)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def best_conv_rate(device: str, repeats: int = 4) -> dict:
+    """The fastest this machine runs a convolution: wide 3x3 ones (64 and 128 channels in
+    and out, at least as wide as the published design's, 2x144x144), forward and backward,
+    best of ``repeats``. The training step's FLOPs are ~90% convolutions, most of them
+    narrower (32 outputs) and slower than these, so the best rate bounds what any exact
+    reformulation could reach."""
+    gen = torch.Generator().manual_seed(0)
+    rates = {}
+    for width in (64, 128):
+        x = torch.randn(2, width, 144, 144, generator=gen).to(device).requires_grad_()
+        conv = torch.nn.Conv2d(width, width, 3, padding=1).to(device)
+        flops = 3 * 2 * 2 * width * width * 9 * 144 * 144  # forward, input and weight grads
+        best = float("inf")
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            conv(x).sum().backward()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        rates[f"{width}->{width}"] = flops / best / 1e9
+    return {"shapes": "2xWx144x144, 3x3, W -> W, forward + backward (GFLOP/s by W)",
+            "gflop_per_s_by_width": rates, "gflop_per_s": max(rates.values())}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=3)
@@ -137,6 +177,21 @@ def main() -> int:
         results[name].update(seconds_per_step=sec, samples_per_s=args.batch / sec, step_times=ts)
         print(f"{name:>20}: {sec:.2f} s/step, {args.batch / sec:.3f} samples/s", flush=True)
     base = results["straightforward"]
+    flops = step_flops(device, args.crop, args.batch, args.k)
+    conv = best_conv_rate(device)
+    achieved = flops / base["seconds_per_step"] / 1e9
+    ceiling = {
+        "step_gflop": flops / 1e9,
+        "straightforward_gflop_per_s": achieved,
+        "best_conv": conv,
+        "max_speedup_at_same_flops": conv["gflop_per_s"] / achieved,
+        "note": "an exact reformulation keeps the step's FLOPs; it can be at most "
+                "max_speedup_at_same_flops times faster than the straightforward one unless "
+                "it runs convolutions faster than the best convolution measured here",
+    }
+    print(f"{flops / 1e12:.2f} TFLOP/step, straightforward {achieved:.0f} GFLOP/s, best conv "
+          f"{conv['gflop_per_s']:.0f} GFLOP/s: at most "
+          f"{ceiling['max_speedup_at_same_flops']:.2f}x at the same FLOPs", flush=True)
     report = {
         "benchmark": "train_step",
         "setup": {"config": "video-k5 (published)", "crop": args.crop, "batch": args.batch,
@@ -148,6 +203,8 @@ def main() -> int:
         "memory_ratio_memory_saving": (results["fast+memory_saving"]["peak_memory_mib"]
                                        / base["peak_memory_mib"]),
         "max_abs_difference": max_difference(device, args.crop, 1, args.k),
+        "ceiling": ceiling,
+        "machine_load_average": [round(x, 2) for x in os.getloadavg()],
     }
     print(f"speed-up {report['speedup_fast']:.2f}x, memory ratio "
           f"{report['memory_ratio_memory_saving']:.3f}, max |diff| "
