@@ -141,6 +141,18 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def davis_shards(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The DAVIS-layout sample clips sharded one clip per shard, as the embedded default
+    shards them (read-only: training and sweep tests share it)."""
+    from data_prep.__main__ import main
+
+    out = tmp_path_factory.mktemp("davis-shards")
+    assert main(["davis", "--root", str(samples / "davis"), "--out", str(out),
+                 "--shard-size", "1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def local_shards(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every sample layout sharded (2 items per shard) into a local directory, once."""
     from data_prep.__main__ import LAYOUTS, main

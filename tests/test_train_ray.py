@@ -7,7 +7,6 @@ a handful of steps. Network calls go to servers these tests start on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from ray_jobs.train import main
 from tests.conftest import S3Server, _free_port
 from tests.fixtures_mlflow import mlflow_server  # noqa: F401 (fixture)
 from tests.fixtures_ray import RayHead, ray_head  # noqa: F401 (fixture)
+from tests.helpers import job_env
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--set", "model.blocks=1", "--set", "model.nf=4", "--set", "model.growth=4",
@@ -28,24 +28,6 @@ TINY = ["--set", "model.blocks=1", "--set", "model.nf=4", "--set", "model.growth
 METRICS = ["loss/total", "loss/emb", "loss/freq", "loss/res", "lr", "grad_norm",
            "samples_per_s", "data_wait_fraction", "val/embedding_psnr", "val/embedding_ssim",
            "val/restored_psnr", "val/restored_ssim"]
-
-
-@pytest.fixture(scope="module")
-def davis_shards(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from data_prep.__main__ import main as prep
-
-    out = tmp_path_factory.mktemp("davis-shards")
-    assert prep(["davis", "--root", str(samples / "davis"), "--out", str(out),
-                 "--shard-size", "1"]) == 0
-    return out
-
-
-def job_env(tmp_path: Path, tracking: str, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "RAY_AUTH_MODE": "disabled",
-           "IICNET_CACHE": str(tmp_path / "cache"), "MLFLOW_DISABLE_TELEMETRY": "true",
-           "RAY_USAGE_STATS_ENABLED": "0", **extra}
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 def train(args: list[str], env: dict[str, str], timeout: float = 900

@@ -20,6 +20,7 @@ import pytest
 
 from ray_jobs.tune import main
 from tests.fixtures_mlflow import mlflow_server  # noqa: F401 (fixture)
+from tests.helpers import job_env
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "tune-test-sweep"
@@ -40,24 +41,6 @@ class Sweep:
     resumed: subprocess.CompletedProcess
     finished_first: dict[str, dict]
     """Trials finished before the interruption: trial id -> what they had then."""
-
-
-@pytest.fixture(scope="module")
-def davis_shards(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from data_prep.__main__ import main as prep
-
-    out = tmp_path_factory.mktemp("tune-davis-shards")
-    assert prep(["davis", "--root", str(samples / "davis"), "--out", str(out),
-                 "--shard-size", "1"]) == 0
-    return out
-
-
-def job_env(base: Path, tracking: str, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "RAY_AUTH_MODE": "disabled",
-           "IICNET_CACHE": str(base / "cache"), "MLFLOW_DISABLE_TELEMETRY": "true",
-           "RAY_USAGE_STATS_ENABLED": "0", **extra}
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 def tune(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
