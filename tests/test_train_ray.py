@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ray_jobs.train import main
+from iicnet.config import load
+from ray_jobs.train import DEFAULT_CONFIG, main
 from tests.conftest import S3Server, _free_port
 from tests.fixtures_mlflow import mlflow_server  # noqa: F401 (fixture)
 from tests.fixtures_ray import RayHead, ray_head  # noqa: F401 (fixture)
@@ -86,7 +87,8 @@ def test_two_workers_train_log_checkpoint_and_register(mlflow_server, davis_shar
     client, run = mlflow_run(mlflow_server, "two")
     assert run.info.status == "FINISHED"
     assert run.data.params["model.blocks"] == "1" and run.data.params["train.steps"] == "4"
-    assert run.data.params["optim.milestones"] == "[100000, 200000, 300000, 400000]"
+    # The full resolved config: fields that were not overridden come from the default YAML.
+    assert run.data.params["optim.milestones"] == str(load(DEFAULT_CONFIG).optim.milestones)
     for key in METRICS:
         history = client.get_metric_history(run.info.run_id, key)
         assert history, key
