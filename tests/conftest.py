@@ -16,8 +16,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,15 +67,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _listening(port: int, process: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+def start_on_free_port(what: str, command: Callable[[int], list[str]],
+                       ready: Callable[[int], bool], log_path: Path, *, timeout: float,
+                       interval: float, **popen: Any) -> tuple[subprocess.Popen, int]:
+    """Start ``command(port)`` on a free loopback port, its output appended to ``log_path``,
+    and wait until ``ready(port)`` (polled every ``interval`` s, at most ``timeout`` s, while
+    the process lives). Three tries, as another process may take the port before the server
+    binds it; a server that never gets ready fails with the end of its log."""
+    for _ in range(3):
+        port = _free_port()
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(command(port), stdout=log, stderr=subprocess.STDOUT,
+                                       **popen)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            if ready(port):
+                return process, port
+            time.sleep(interval)
+        process.kill()
+        process.wait()
+    raise RuntimeError(f"{what} did not start:\n{log_path.read_text()[-3000:]}")
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")
@@ -85,20 +106,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     config.write_text("")
     log_path = base / "rclone.log"
     access, secret = f"iicnet{secrets.token_hex(7)}", secrets.token_hex(20)
-    for _ in range(3):  # another process may take the free port before rclone binds it
-        port = _free_port()
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [_rclone(), "serve", "s3", "--config", str(config),
-                 "--auth-key", f"{access},{secret}", "--addr", f"127.0.0.1:{port}", str(root)],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        if _listening(port, process, timeout=15):
-            break
-        process.kill()
-        process.wait()
-    else:
-        raise RuntimeError(f"rclone serve s3 did not start:\n{log_path.read_text()}")
+    process, port = start_on_free_port(
+        "rclone serve s3",
+        lambda port: [_rclone(), "serve", "s3", "--config", str(config), "--auth-key",
+                      f"{access},{secret}", "--addr", f"127.0.0.1:{port}", str(root)],
+        _listening, log_path, timeout=15, interval=0.05)
     try:
         yield S3Server(f"http://127.0.0.1:{port}", access, secret, root)
     finally:

@@ -10,25 +10,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import _free_port
+from tests.conftest import start_on_free_port
 
 
-def _healthy(url: str, process: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.2)
-    return False
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")
@@ -39,22 +34,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
            "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     mlflow = Path(sys.executable).with_name("mlflow")
-    for _ in range(3):  # another process may take the free port first
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
-                 "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1",
-                 "--port", str(port), "--workers", "1"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )
-        if _healthy(url, process, timeout=90):
-            break
-        process.kill()
-        process.wait()
-    else:
-        raise RuntimeError(f"mlflow server did not start:\n{log_path.read_text()[-3000:]}")
+    process, port = start_on_free_port(
+        "mlflow server",
+        lambda port: [str(mlflow), "server", "--backend-store-uri",
+                      f"sqlite:///{base / 'mlflow.db'}", "--artifacts-destination",
+                      str(base / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+                      "--workers", "1"],
+        _healthy, log_path, timeout=90, interval=0.2, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
     try:
         yield url
     finally:
