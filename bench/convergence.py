@@ -43,10 +43,12 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from machine import describe  # noqa: E402
 
-from iicnet import checkpoint  # noqa: E402
-from iicnet.config import Config, load  # noqa: E402
-from iicnet.data import make_loader, read_manifest  # noqa: E402
+from iicnet.data import make_loader  # noqa: E402
+from iicnet.formats import checkpoint  # noqa: E402
+from iicnet.formats.config_file import load  # noqa: E402
+from iicnet.formats.shards import read_manifest  # noqa: E402
 from iicnet.model import IICNet  # noqa: E402
+from iicnet.model.config import Config  # noqa: E402
 from iicnet.training import Trainer, Validation, validate  # noqa: E402
 from ray_jobs import common  # noqa: E402
 from ray_jobs.train import DEFAULT_CONFIG  # noqa: E402

@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import current_rss_mib, describe, peak_rss_mib  # noqa: E402
 
-from iicnet.config import Config  # noqa: E402
 from iicnet.model import IICNet  # noqa: E402
+from iicnet.model.config import Config  # noqa: E402
 
 FORMULATIONS = {"straightforward": {"fused": False}, "fast": {"fused": True}}
 
@@ -115,10 +115,10 @@ def _timed(cmd: list[str]) -> dict:
 
 
 def run_cli(device: str, tile: int, clips: list[str]) -> dict:
-    from iicnet import checkpoint
-    from iicnet.embedding_png import read
+    from iicnet.formats import checkpoint
+    from iicnet.formats.embedding_png import read
 
-    iicnet_cli = [sys.executable, "-m", "iicnet.cli"]
+    iicnet_cli = [sys.executable, "-m", "iicnet.app.cli"]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)

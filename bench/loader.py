@@ -40,9 +40,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from data_prep import davis, samples
-from data_prep.__main__ import main as prep
-from iicnet.config import Config, from_dict
+from data_prep.cli import main as prep
 from iicnet.data import make_loader
+from iicnet.model.config import Config, from_dict
 from iicnet.tasks import get_task
 from iicnet.tasks.base import crop_offset
 

@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import current_rss_mib, describe, peak_rss_mib  # noqa: E402
 
-from iicnet.config import Config  # noqa: E402
-from iicnet.losses import iicnet_loss  # noqa: E402
 from iicnet.model import IICNet  # noqa: E402
+from iicnet.model.config import Config  # noqa: E402
+from iicnet.model.losses import iicnet_loss  # noqa: E402
 
 FORMULATIONS = {
     "straightforward": {"fused": False, "memory_saving": False, "channels_last": False,

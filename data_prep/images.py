@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from iicnet.formats.imagefiles import IMAGE_SUFFIXES, UndecodableImage, open_image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+__all__ = ["IMAGE_SUFFIXES", "BadImage", "SourceImage", "is_image", "read_image"]
 
 
 class BadImage(Exception):
@@ -48,13 +46,9 @@ def read_image(path: Path) -> SourceImage:
     except OSError as exc:
         raise BadImage(f"cannot read ({exc.strerror})") from exc
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
+        with open_image(data) as image:
             width, height = image.size
             mode = image.mode
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        # PIL names the in-memory stream in some messages ("<_io.BytesIO object at 0x...>");
-        # drop that so the same bad file gives the same reason in every run and manifest.
-        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc)).strip()
-        raise BadImage(f"does not decode ({reason or type(exc).__name__})") from exc
+    except UndecodableImage as exc:
+        raise BadImage(f"does not decode ({exc})") from exc
     return SourceImage(path, data, height, width, mode)

@@ -24,11 +24,12 @@ The counts below are what tests check the shards and loaders against.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from iicnet.storage.atomic import replacing
 
 DAVIS_SIZE = (854, 480)
 DAVIS_CLIPS: dict[str, dict[str, int]] = {
@@ -65,10 +66,8 @@ def photos() -> dict[str, Image.Image]:
 
 
 def _save(image: Image.Image, path: Path, **options) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="JPEG" if path.suffix == ".jpg" else "PNG", **options)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        image.save(tmp, format="JPEG" if path.suffix == ".jpg" else "PNG", **options)
 
 
 def _view(photo: Image.Image, size: tuple[int, int], centre: tuple[float, float],

@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import re
 import sys
 import tarfile
@@ -47,6 +46,7 @@ from tqdm import tqdm
 
 from data_prep.images import BadImage, SourceImage, read_image
 from iicnet import storage
+from iicnet.storage.atomic import replacing
 
 MANIFEST = "manifest.json"
 PROGRESS = ".progress"
@@ -213,15 +213,10 @@ def write_shard(plan: ShardPlan, pack: Packer, out: str, report: Report,
             staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shard-")))
         else:
             staging = Path(out)
-        tmp = storage.local_temp(staging / plan.name)
-        try:
+        with replacing(staging / plan.name) as tmp:
             size, sha = _write_tar(tmp, samples)
             if storage.is_s3(out):
                 storage.put_file(tmp, storage.join(out, plan.name))
-            else:
-                os.replace(tmp, Path(out, plan.name))
-        finally:
-            tmp.unlink(missing_ok=True)
     record = {"items": plan.fingerprint, "samples": len(samples), "bytes": size, "sha256": sha,
               "skipped": [vars(b) for b in report.bad[bad_before:]]}
     storage.write_bytes(_record_url(out, plan.name), json.dumps(record, indent=1).encode())

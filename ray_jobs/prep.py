@@ -47,12 +47,9 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from tqdm import tqdm
 
-from data_prep import __main__ as data_prep_cli
+from data_prep import cli as data_prep_cli
 from data_prep.shards import (
     MANIFEST,
     BadFile,

@@ -1,6 +1,6 @@
 """What a sweep searches: ``FIELD=SPEC`` strings over config fields, and the default space.
 
-The spec grammar (``FIELD`` is any ``section.field`` of :class:`iicnet.config.Config`)::
+The spec grammar (``FIELD`` is any ``section.field`` of :class:`iicnet.model.config.Config`)::
 
     loguniform:LOW:HIGH   a float, uniform in log space (0 < LOW < HIGH)
     uniform:LOW:HIGH      a float, uniform (LOW < HIGH)
@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from iicnet.config import Config, ConfigError, from_dict
+from iicnet.model.config import Config, ConfigError, from_dict
 
 KINDS = ("loguniform", "uniform", "randint", "choice")
 

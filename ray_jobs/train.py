@@ -47,9 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from iicnet import storage
+from iicnet.storage.arrow import ray_storage
 from ray_jobs import common
 
 DEFAULT_CONFIG = common.REPO / "configs" / "video-k3-small.yaml"
@@ -86,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace):
-    from iicnet.config import load
+    from iicnet.formats.config_file import load
 
     cfg = load(args.config)
     overrides = list(args.overrides)
@@ -98,19 +97,9 @@ def resolve_config(args: argparse.Namespace):
 def check_data(source: str, split: str, cfg) -> int:
     """Samples in ``split`` of ``source``; raises ConfigError / FileNotFoundError / ValueError
     naming what does not fit."""
-    from iicnet.config import ConfigError
-    from iicnet.data import read_manifest
-    from iicnet.tasks import get_task
+    from iicnet.tasks import check_shards
 
-    task = get_task(cfg)
-    manifest = read_manifest(source)
-    if manifest["source"] not in task.sources:
-        raise ConfigError(f"data.task: the {task.name} task reads {' or '.join(task.sources)} "
-                          f"shards, but {source} holds {manifest['source']} shards")
-    if split not in manifest["splits"]:
-        raise ValueError(f"{source}: no {split!r} split (splits: "
-                         f"{', '.join(manifest['splits'])})")
-    return int(manifest["splits"][split]["samples"])
+    return int(check_shards(source, cfg, split)["splits"][split]["samples"])
 
 
 def run_exists(storage_path: str, filesystem: Any, name: str) -> bool:
@@ -122,7 +111,7 @@ def run_exists(storage_path: str, filesystem: Any, name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     from iicnet import registry
-    from iicnet.config import ConfigError
+    from iicnet.model.config import ConfigError
     from iicnet.storage import StorageError
 
     args = parse_args(argv)
@@ -149,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         registry.check_tracking(uri)
         # Absolute, because Ray Train workers run in a directory of their own.
-        data = common.absolute(args.data) if args.data else common.sample_shards(cache)
-        val_data = common.absolute(args.val_data) if args.val_data else data
+        data = storage.absolute(args.data) if args.data else common.sample_shards(cache)
+        val_data = storage.absolute(args.val_data) if args.val_data else data
         check_data(data, "train", cfg)
         if check_data(val_data, "val", cfg) < 1:
             raise ValueError(f"{val_data}: the 'val' split is empty")
-        storage_path, filesystem = common.storage(args.storage or str(cache / "ray_results"))
+        storage_path, filesystem = ray_storage(args.storage or str(cache / "ray_results"))
     except registry.TrackingError as exc:
         return common.fail(str(exc))
     except (ConfigError, FileNotFoundError, ValueError, StorageError) as exc:
@@ -262,8 +251,8 @@ def train_loop(job: dict[str, Any]) -> None:
     import torch
 
     from iicnet import registry
-    from iicnet.config import from_dict
     from iicnet.data import make_loader
+    from iicnet.model.config import from_dict
     from iicnet.training import Trainer, all_reduce_sum, image_grid
 
     cfg = from_dict(job["config"])

@@ -71,9 +71,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from iicnet import storage
+from iicnet.storage.arrow import ray_storage
 from ray_jobs import common, sweep_report, sweep_space
 
 DEFAULT_CONFIG = common.REPO / "configs" / "video-k3-small.yaml"
@@ -141,7 +140,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def new_settings(args: argparse.Namespace) -> dict[str, Any]:
     """A new sweep's settings from the command line (raises ConfigError naming a bad value)."""
     from iicnet import registry
-    from iicnet.config import ConfigError, load
+    from iicnet.formats.config_file import load
+    from iicnet.model.config import ConfigError
 
     embedded = args.config is None
     cfg = load(args.config or DEFAULT_CONFIG).override(args.overrides)
@@ -186,8 +186,8 @@ def new_settings(args: argparse.Namespace) -> dict[str, Any]:
         min_emb = EMBEDDED["min_embedding_psnr"] if embedded else 30.0
     return {
         "name": name, "experiment": experiment, "config": cfg.to_dict(),
-        "space": [d.spec for d in space], "data": args.data and common.absolute(args.data),
-        "val_data": args.val_data and common.absolute(args.val_data),
+        "space": [d.spec for d in space], "data": args.data and storage.absolute(args.data),
+        "val_data": args.val_data and storage.absolute(args.val_data),
         "search": args.search, "seed": args.seed, "num_samples": args.num_samples,
         "max_concurrent": args.max_concurrent, "workers_per_trial": args.workers_per_trial,
         "gpu": args.gpu, "min_embedding_psnr": min_emb, "penalty": args.penalty,
@@ -278,7 +278,7 @@ def run_trial(values: dict[str, Any], job: dict[str, Any]) -> None:
     import ray.tune
 
     from iicnet import registry
-    from iicnet.config import from_dict
+    from iicnet.model.config import from_dict
     from ray_jobs import train
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -324,7 +324,7 @@ def build_tuner(settings: dict[str, Any], job: dict[str, Any], max_concurrent: i
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from iicnet.config import from_dict
+    from iicnet.model.config import from_dict
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), {"CPU": 1})
     if resume:
@@ -359,7 +359,7 @@ def build_tuner(settings: dict[str, Any], job: dict[str, Any], max_concurrent: i
 
 def main(argv: list[str] | None = None) -> int:
     from iicnet import registry
-    from iicnet.config import ConfigError, from_dict
+    from iicnet.model.config import ConfigError, from_dict
     from iicnet.storage import StorageError
     from ray_jobs import train
 
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     uri = registry.tracking_uri(default_uri)
     try:
         storage_url = args.storage or str(cache / "ray_results")
-        storage_path, filesystem = common.storage(storage_url)
+        storage_path, filesystem = ray_storage(storage_url)
         if args.resume:
             settings = load_settings(args.resume, storage_path, filesystem)
         else:
@@ -383,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--gpu: this machine has no CUDA GPU (leave --gpu out to "
                                   "sweep on CPU, or submit the job to a cluster with GPUs)")
         registry.check_tracking(uri)
-        data = common.absolute(settings["data"] or common.sample_shards(cache))
-        val_data = common.absolute(settings["val_data"]) if settings["val_data"] else data
+        data = storage.absolute(settings["data"] or common.sample_shards(cache))
+        val_data = storage.absolute(settings["val_data"]) if settings["val_data"] else data
         train.check_data(data, "train", base)
         if train.check_data(val_data, "val", base) < 1:
             raise ValueError(f"{val_data}: the 'val' split is empty")
@@ -442,22 +442,18 @@ def finished_before(uri: str, parent_run_id: str) -> bool:
     """Whether the sweep's parent run was closed as finished (so --resume has nothing to do)."""
     from iicnet import registry
 
-    return registry.Tracker(uri, parent_run_id).client.get_run(
-        parent_run_id).info.status == "FINISHED"
+    return registry.Tracker(uri, parent_run_id).status() == "FINISHED"
 
 
 def log_sweep_params(uri: str, run_id: str, settings: dict[str, Any]) -> None:
     """The sweep's own settings as ``tune.*`` params of the parent run."""
-    from mlflow.entities import Param
-
     from iicnet import registry
 
     params = {f"tune.{k}": v for k, v in settings.items()
               if k not in ("config", "space", "name", "parent_run_id")}
     params.update({f"tune.space.{s.partition('=')[0]}": s.partition("=")[2]
                    for s in settings["space"]})
-    registry.Tracker(uri, run_id).client.log_batch(
-        run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    registry.Tracker(uri, run_id).params(params)
 
 
 def load_trials(experiment_path: str, filesystem: Any) -> list[Any]:
@@ -512,8 +508,8 @@ def finish(settings: dict[str, Any], base, trials: list[Any], uri: str, parent: 
                                  title=f"{settings['name']}: {len(rows)} trials")
     tracker = registry.Tracker(uri, parent)
     for path in (csv_path, json_path, png_path):
-        tracker.client.log_artifact(parent, str(path), "sweep")
-    tracker.client.log_text(parent, json.dumps(settings, indent=1), f"sweep/{SETTINGS}")
+        tracker.file(path, "sweep")
+    tracker.text(json.dumps(settings, indent=1), f"sweep/{SETTINGS}")
     feasible = sum(1 for r in rows if r["feasible"])
     parent_metrics = {"tune/trials": len(rows), "tune/feasible_trials": feasible,
                       "tune/seconds": seconds}
@@ -547,13 +543,8 @@ def find_child_runs(uri: str, experiment: str, sweep: str) -> dict[str, str]:
     """``{trial_id: run_id}`` of the sweep's child runs."""
     from iicnet import registry
 
-    client = registry.Tracker(uri, "").client
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return {}
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = "
-                              f"'{sweep}' and tags.`{TRIAL_TAG}` != ''", max_results=10_000)
-    return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs}
+    runs = registry.find_runs(uri, experiment, {SWEEP_TAG: sweep}, has_tags=(TRIAL_TAG,))
+    return {tags[TRIAL_TAG]: run_id for run_id, tags in runs.items()}
 
 
 def register_best(row: dict[str, Any], base, settings: dict[str, Any], uri: str,

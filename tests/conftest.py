@@ -145,7 +145,7 @@ def bucket(s3: S3Server) -> str:
 @pytest.fixture(scope="session")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample datasets, built once through the CLI's main function."""
-    from data_prep.__main__ import main
+    from data_prep.cli import main
 
     out = tmp_path_factory.mktemp("samples")
     assert main(["samples", "--out", str(out)]) == 0
@@ -156,7 +156,7 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def davis_shards(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The DAVIS-layout sample clips sharded one clip per shard, as the embedded default
     shards them (read-only: training and sweep tests share it)."""
-    from data_prep.__main__ import main
+    from data_prep.cli import main
 
     out = tmp_path_factory.mktemp("davis-shards")
     assert main(["davis", "--root", str(samples / "davis"), "--out", str(out),
@@ -167,7 +167,7 @@ def davis_shards(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="session")
 def local_shards(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every sample layout sharded (2 items per shard) into a local directory, once."""
-    from data_prep.__main__ import LAYOUTS, main
+    from data_prep.cli import LAYOUTS, main
 
     base = tmp_path_factory.mktemp("shards")
     shards = {}

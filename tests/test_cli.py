@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iicnet import checkpoint, embedding_png
-from iicnet.cli import main
-from tests.test_api import ROOT, photo_clip, tiny_model
+from iicnet.app.cli import main
+from iicnet.formats import checkpoint, embedding_png
+from tests.test_convert import ROOT, photo_clip, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_glob_and_file_inputs_keep_their_order(capsys, ckpt: Path, frames: list[
 
 
 def test_video_input_takes_frames_around_the_middle(capsys, ckpt: Path, tmp_path: Path):
-    from iicnet.imagefiles import write_video
+    from iicnet.formats.imagefiles import write_video
 
     clip = photo_clip(15, 48, 64, shift=2)
     write_video(tmp_path / "in.mp4", clip, fps=10)
@@ -115,7 +115,7 @@ def test_info(capsys, ckpt: Path):
 
 
 def test_eval_prints_the_paper_layout(capsys, ckpt: Path, samples: Path, tmp_path: Path):
-    from data_prep.__main__ import main as prep
+    from data_prep.cli import main as prep
 
     shards = tmp_path / "davis"
     assert prep(["davis", "--root", str(samples / "davis"), "--out", str(shards)]) == 0
@@ -201,7 +201,7 @@ def test_unknown_model_and_unreachable_registry(capsys, frames: list[Path], tmp_
 
 
 def test_the_installed_command_exits_2(tmp_path: Path):
-    result = subprocess.run([sys.executable, "-m", "iicnet.cli", "restore", "--model",
+    result = subprocess.run([sys.executable, "-m", "iicnet.app.cli", "restore", "--model",
                              str(tmp_path), str(tmp_path / "x.png"), "-o", str(tmp_path / "o")],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2, result.stderr

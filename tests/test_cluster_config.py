@@ -52,19 +52,41 @@ def _pip_installs(cluster) -> list[str]:
     return specs
 
 
-def test_installs_match_pyproject(cluster, pyproject):
-    installs = _pip_installs(cluster)
-    project = [s for s in installs if "iicnet" in s]
+def _locked() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            requirement = Requirement(line)
+            pins[requirement.name.lower()] = next(iter(requirement.specifier)).version
+    return pins
+
+
+def test_installs_match_pyproject_and_the_lock(cluster, pyproject):
+    installs = [c for c in cluster["setup_commands"] if "pip install" in c and "--upgrade pip"
+                not in c]
+    assert installs and all('-c "$HOME/iicnet/constraints.txt"' in c for c in installs), \
+        "every node installs through the lock"
+    specs = _pip_installs(cluster)
+    project = [s for s in specs if "iicnet[" in s]
     assert project, "the project itself must be installed on every node"
     extras = set(re.search(r"\[(.*)\]", project[0]).group(1).split(","))
     assert extras <= set(pyproject["project"]["optional-dependencies"])
-    ray_pin = Requirement(next(s for s in installs if s.startswith("ray[")))
+    ray_spec = Requirement(next(s for s in specs if s.startswith("ray[")))
     declared = {Requirement(r).name: Requirement(r)
                 for r in pyproject["project"]["optional-dependencies"]["ray"]}
-    assert ray_pin.extras <= declared["ray"].extras | {"default", "train", "tune"}
-    pinned = next(iter(ray_pin.specifier)).version
-    assert declared["ray"].specifier.contains(pinned), "pin must satisfy pyproject"
-    assert pinned == ray.__version__, "cluster Ray must match the Ray that submits jobs"
+    assert ray_spec.extras <= declared["ray"].extras | {"default", "train", "tune"}
+    assert not ray_spec.specifier, "the Ray version comes from constraints.txt alone"
+    locked = _locked()
+    assert declared["ray"].specifier.contains(locked["ray"]), "the lock must satisfy pyproject"
+    for line in pyproject["project"]["dependencies"]:
+        requirement = Requirement(line)
+        assert requirement.specifier.contains(locked[requirement.name.lower()], prereleases=True), \
+            f"constraints.txt's {requirement.name} does not satisfy pyproject's {requirement}"
+
+
+def test_the_environment_that_submits_jobs_is_the_locked_one():
+    # `make` installs through constraints.txt, so the Ray submitting jobs is the cluster's Ray
+    assert _locked()["ray"] == ray.__version__
 
 
 def test_synced_tree_skips_local_state(cluster):

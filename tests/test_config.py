@@ -1,6 +1,7 @@
 import pytest
 
-from iicnet.config import Config, ConfigError, from_dict, load
+from iicnet.formats.config_file import load
+from iicnet.model.config import Config, ConfigError, from_dict
 
 
 def test_defaults_are_the_published_video_k5_design():

@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_prep.__main__ import main
-from iicnet.config import ConfigError, from_dict
-from iicnet.data import Shard, assign_samples, make_dataset, make_loader, read_manifest
+from data_prep.cli import main
+from iicnet.data import assign_samples, make_dataset, make_loader
+from iicnet.formats.shards import Shard, read_manifest
+from iicnet.model.config import ConfigError, from_dict
 
 GRAY = {"data": {"task": "grayscale", "crop": 32, "loader_workers": 0},
         "model": {"num_images": 1, "embed_channels": 1}}

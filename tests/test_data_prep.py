@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_prep.__main__ import main
+from data_prep.cli import main
 from data_prep.images import BadImage, read_image
 from data_prep.samples import DAVIS_CLIPS
 from iicnet import storage
-from iicnet.config import from_dict
-from iicnet.data import make_dataset, make_loader, read_manifest
+from iicnet.data import make_dataset, make_loader
+from iicnet.formats.shards import read_manifest
+from iicnet.model.config import from_dict
+from iicnet.storage.atomic import temp_name
 
 SAMPLES_PER_SPLIT = {
     "davis": {"train": 4, "val": 2, "test": 2},
@@ -217,7 +219,7 @@ def test_rerun_reuses_finished_shards_and_resumes_after_a_crash(samples, tmp_pat
     # were written, while train-000003.tar was still a temporary file.
     (out / "manifest.json").unlink()
     (out / ".progress" / "train-000002.tar.json").unlink()
-    stale = storage.local_temp(out / "train-000003.tar")
+    stale = temp_name(out / "train-000003.tar")
     stale.write_bytes(b"half a shard")
     assert main(args) == 0
     assert "1 shards written, 5 finished shards reused" in capsys.readouterr().err

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iicnet.data import read_manifest
+from iicnet.formats.shards import read_manifest
 from tests.conftest import S3Server
 from tests.fixtures_mlflow import mlflow_server  # noqa: F401 (fixture)
 from tests.fixtures_ray import RayHead, ray_head  # noqa: F401 (fixture)
@@ -103,7 +103,7 @@ def test_samples_to_s3_to_training_to_registry_to_restored_frames(
     from mlflow import MlflowClient
 
     import iicnet
-    from iicnet import checkpoint
+    from iicnet.formats import checkpoint
     from iicnet.model import IICNet
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "RAY_AUTH_MODE": "disabled",

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from iicnet.config import LossConfig
-from iicnet.losses import embedding_loss, frequency_loss, iicnet_loss, restoration_loss
-from iicnet.metrics import luma, psnr, ssim
 from iicnet.model import Output
+from iicnet.model.config import LossConfig
+from iicnet.model.losses import embedding_loss, frequency_loss, iicnet_loss, restoration_loss
+from iicnet.model.metrics import luma, psnr, ssim
 
 
 def test_embedding_loss_sums_per_sample_and_averages_the_batch():

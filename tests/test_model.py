@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from iicnet import checkpoint
-from iicnet.config import load
+from iicnet.formats import checkpoint
+from iicnet.formats.config_file import load
 from iicnet.model import IICNet
 from tests.helpers import perturb
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from iicnet.modules import (
+from iicnet.model.modules import (
     ChannelSqueeze,
     CouplingBlock,
     CouplingStack,

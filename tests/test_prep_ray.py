@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.__main__ import LAYOUTS
-from data_prep.__main__ import main as data_prep
+from data_prep.cli import LAYOUTS
+from data_prep.cli import main as data_prep
 from iicnet import storage
-from iicnet.data import read_manifest
+from iicnet.formats.shards import read_manifest
 from ray_jobs.prep import main
 from tests.conftest import S3Server
 
@@ -37,8 +37,7 @@ def local_ray():
         patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
         patch.delenv("RAY_ADDRESS", raising=False)
         ray.init(address="local", num_cpus=2, include_dashboard=False,
-                 logging_level=logging.WARNING, _temp_dir=str(temp),
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+                 logging_level=logging.WARNING, _temp_dir=str(temp))
         try:
             yield temp
         finally:

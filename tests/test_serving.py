@@ -27,15 +27,16 @@ import torch
 from PIL import Image
 
 import iicnet
-from iicnet import checkpoint, embedding_png, registry
-from iicnet.cli import main
-from iicnet.config import load as load_config
-from iicnet.losses import iicnet_loss
-from iicnet.metrics import psnr
+from iicnet import registry
+from iicnet.app.cli import main
+from iicnet.formats import checkpoint, embedding_png
+from iicnet.formats.config_file import load as load_config
 from iicnet.model import IICNet
+from iicnet.model.losses import iicnet_loss
+from iicnet.model.metrics import psnr
 from tests.conftest import _free_port
 from tests.fixtures_mlflow import mlflow_server  # noqa: F401
-from tests.test_api import ROOT, TINY, photo_clip
+from tests.test_convert import ROOT, TINY, photo_clip
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from iicnet.config import Config, ConfigError
+from iicnet.model.config import Config, ConfigError
 from ray_jobs import sweep_report, sweep_space
 
 

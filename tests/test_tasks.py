@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from iicnet.config import ConfigError, from_dict, load
+from iicnet.formats.config_file import load
+from iicnet.model.config import ConfigError, from_dict
 from iicnet.tasks import SampleError, get_task, task_names
 
 

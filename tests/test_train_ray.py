@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iicnet.config import load
+from iicnet.formats.config_file import load
 from ray_jobs.train import DEFAULT_CONFIG, main
 from tests.conftest import S3Server, _free_port
 from tests.fixtures_mlflow import mlflow_server  # noqa: F401 (fixture)
@@ -70,7 +70,8 @@ def test_two_workers_train_log_checkpoint_and_register(mlflow_server, davis_shar
                                                       tmp_path, monkeypatch):
     import mlflow
 
-    from iicnet import checkpoint, registry
+    from iicnet import registry
+    from iicnet.formats import checkpoint
     from iicnet.training import STATE
 
     storage = tmp_path / "results"
@@ -120,7 +121,7 @@ def test_two_workers_train_log_checkpoint_and_register(mlflow_server, davis_shar
 @pytest.mark.slow
 def test_a_killed_worker_resumes_on_s3(mlflow_server, s3: S3Server, bucket: str,  # noqa: F811
                                        samples: Path, tmp_path: Path):
-    from data_prep.__main__ import main as prep
+    from data_prep.cli import main as prep
 
     assert prep(["davis", "--root", str(samples / "davis"), "--out", f"{bucket}/davis",
                  "--shard-size", "1"]) == 0

@@ -12,10 +12,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from iicnet import checkpoint
-from iicnet.config import Config
-from iicnet.metrics import psnr, ssim
+from iicnet.formats import checkpoint
 from iicnet.model import to_uint8
+from iicnet.model.config import Config
+from iicnet.model.metrics import psnr, ssim
 from iicnet.training import (
     OPTIMIZER,
     STATE,

@@ -23,11 +23,18 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Iterator
+from typing import Any
 
-from iicnet.config import Config, ConfigError
+import torch
+
+from iicnet.formats.shards import read_manifest, read_split
+from iicnet.model.config import Config, ConfigError
 from iicnet.tasks.base import Sample, SampleError, Task, register, registered
 
-__all__ = ["Sample", "SampleError", "Task", "get_task", "register", "task_names"]
+__all__ = ["Sample", "SampleError", "Task", "check_shards", "evaluation_items",
+           "get_task", "register",
+           "task_names"]
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
@@ -45,3 +52,27 @@ def get_task(cfg: Config) -> Task:
         raise ConfigError(f"data.task: unknown task {cfg.data.task!r} "
                           f"(known: {', '.join(sorted(tasks))})")
     return tasks[cfg.data.task](cfg)
+
+
+def evaluation_items(source: str, cfg: Config, split: str
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images, reference)`` of every window of every sample of ``split``, in shard
+    order, cropped as for validation (``train=False``): what ``iicnet eval`` scores.
+
+    Raises ``ConfigError`` when ``source`` holds shards of a layout the task does not read,
+    and ``FileNotFoundError`` / ``ValueError`` for a missing or damaged manifest.
+    """
+    check_shards(source, cfg, split)
+    yield from get_task(cfg).items(read_split(source, split), None, train=False)
+
+
+def check_shards(source: str, cfg: Config, split: str) -> dict[str, Any]:
+    """The manifest of ``source``, checked to hold shards ``cfg``'s task reads and a
+    ``split``. Raises ``ConfigError`` (wrong layout), ``FileNotFoundError`` (no manifest) or
+    ``ValueError`` (damaged manifest, no such split), each naming the place."""
+    manifest = read_manifest(source)
+    get_task(cfg).check_source(manifest["source"], source)
+    if split not in manifest["splits"]:
+        raise ValueError(f"{source}: no split {split!r} (splits: "
+                         f"{', '.join(manifest['splits'])})")
+    return manifest

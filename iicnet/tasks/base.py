@@ -18,17 +18,20 @@ full frames, as the tables were measured).
 
 from __future__ import annotations
 
-import io
+import itertools
+import logging
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from iicnet.config import Config, ConfigError
+from iicnet.formats.imagefiles import UndecodableImage, open_image
+from iicnet.model.config import Config, ConfigError
 
 Sample = dict[str, Any]
+log = logging.getLogger("iicnet.data")
 LUMA = torch.tensor([0.299, 0.587, 0.114])
 _DECODED = "__decoded__"
 
@@ -72,9 +75,9 @@ def decode(sample: Sample, name: str, mode: str = "RGB") -> np.ndarray:
     cache = sample.setdefault(_DECODED, {})
     if (entry, mode) not in cache:
         try:
-            with Image.open(io.BytesIO(sample[entry])) as image:
+            with open_image(sample[entry]) as image:
                 cache[(entry, mode)] = np.asarray(image.convert(mode))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except UndecodableImage as exc:
             raise SampleError(f"sample {sample.get('__key__')!r}: {entry} does not decode "
                               f"({exc})") from exc
     return cache[(entry, mode)]
@@ -166,6 +169,41 @@ class Task:
         arrays = self.crop(self.load(sample, window_index), rng if train else None)
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         return images, self.reference(images[0])
+
+    def check_source(self, source: str, where: str) -> None:
+        """Raise ConfigError unless this task reads shards of the ``source`` layout."""
+        if source not in self.sources:
+            raise ConfigError(f"data.task: the {self.name} task reads "
+                              f"{' or '.join(self.sources)} shards, but {where} holds {source} "
+                              "shards")
+
+    def grouped(self, samples: Iterator[Sample]) -> Iterator[Sample]:
+        """Merge every ``group`` consecutive samples into one (a short tail is dropped)."""
+        if self.group == 1:
+            yield from samples
+            return
+        while group := list(itertools.islice(samples, self.group)):
+            if len(group) < self.group:
+                return
+            yield {"__key__": "+".join(s["__key__"] for s in group),
+                   "__url__": group[0]["__url__"], "parts": group}
+
+    def items(self, samples: Iterable[Sample], rng: np.random.Generator | None, train: bool,
+              with_keys: bool = False) -> Iterator[Any]:
+        """Every window of every (grouped) sample through :meth:`make`, as ``(images,
+        reference)`` or, ``with_keys``, ``(images, reference, "key#window")``. A sample that
+        fails is reported (a warning naming it and its shard) and the rest of it skipped."""
+        for sample in self.grouped(iter(samples)):
+            try:
+                for window in range(self.windows(sample)):
+                    images, reference = self.make(sample, window, rng, train)
+                    if with_keys:
+                        yield images, reference, f"{sample['__key__']}#{window}"
+                    else:
+                        yield images, reference
+            except SampleError as exc:
+                log.warning("skipping the rest of sample %s from %s: %s",
+                            sample["__key__"], sample["__url__"], exc)
 
     def reference(self, image: torch.Tensor) -> torch.Tensor:
         """(C, H, W) uint8 -> (C_e, H/f, W/f) float32 in [0, 1]."""

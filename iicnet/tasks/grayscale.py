@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from iicnet.config import ConfigError
+from iicnet.model.config import ConfigError
 from iicnet.tasks.base import Sample, Task, decode, register
 
 

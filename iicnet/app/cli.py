@@ -1,0 +1,285 @@
+"""The ``iicnet`` command line: embed your images into one PNG, restore them, score a model.
+
+  iicnet embed   --model MODEL INPUTS... -o out.png
+  iicnet restore --model MODEL emb.png -o DIR [--video out.mp4]
+  iicnet eval    --model MODEL --data SHARDS [--json]
+  iicnet info    MODEL
+
+MODEL is models:/<name>@<alias> or models:/<name>/<version> (the MLflow registry at
+MLFLOW_TRACKING_URI), runs:/<run_id>/model, or a local checkpoint directory (info also takes
+a config YAML). Exit codes: 0 success, 2 bad input (the message says which file and why;
+nothing is written), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from iicnet.formats import config_file
+from iicnet.formats.checkpoint import CheckpointError
+from iicnet.formats.embedding_png import EmbeddingFileError
+from iicnet.formats.imagefiles import InputError
+from iicnet.model import IICNet
+from iicnet.model.config import ConfigError
+from iicnet.storage import StorageError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class UserError(Exception):
+    """Bad input from the user: printed without a traceback, exit code 2."""
+
+
+def parameter_counts(model: IICNet) -> dict[str, int]:
+    """Parameters per top-level module, plus the total."""
+    counts = {
+        name: sum(p.numel() for p in child.parameters())
+        for name, child in model.named_children()
+    }
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts
+
+
+def _warn(message: str) -> None:
+    print(f"iicnet: warning: {message}", file=sys.stderr)
+
+
+def _converter(args: argparse.Namespace):
+    from iicnet.app.api import load
+
+    return load(args.model, device=args.device, tile=args.tile, progress=True)
+
+
+def _progress(items, desc: str, unit: str, total: int | None = None):
+    from iicnet.convert import progress_bar
+
+    return progress_bar(items, desc, total is not None or len(items) > 1, unit, total)
+
+
+# -- embed -----------------------------------------------------------------------------
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from iicnet.formats import embedding_png, imagefiles
+
+    out = str(args.output)
+    if not out.lower().endswith(".png"):
+        raise UserError(f"-o {out}: the embedding must be a .png file (lossy formats such as "
+                        "JPEG destroy what is hidden in it)")
+    paths = imagefiles.expand(args.inputs)
+    conv = _converter(args)
+    fps = None
+    if len(paths) == 1 and imagefiles.is_video(paths[0]):
+        step = args.step or conv.config.data.step
+        images, fps = imagefiles.read_video_window(paths[0], conv.num_images, step)
+        labels = [f"{paths[0]} frame {j}" for j in range(len(images))]
+    else:
+        video = [p for p in paths if imagefiles.is_video(p)]
+        if video:
+            raise UserError(f"{video[0]}: a video among {len(paths)} inputs; give one video "
+                            "file alone, or image files")
+        conv.check_count([str(p) for p in paths])
+        images = [imagefiles.read_image(p) for p in _progress(paths, "reading", "file")]
+        labels = [str(p) for p in paths]
+    pixels, info = conv.embed_pixels(images, labels=labels, fps=fps)
+    embedding_png.write(out, pixels, info)
+    height, width = info.size
+    print(f"{out}: {conv.num_images} images of {width}x{height} ({', '.join(conv.names)}) "
+          f"in one {pixels.shape[1]}x{pixels.shape[0]} PNG, by {conv.describe()}")
+    return 0
+
+
+# -- restore ---------------------------------------------------------------------------
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from iicnet.formats import imagefiles
+
+    if args.output is None and args.video is None:
+        raise UserError("say where to put the images: -o DIR and/or --video out.mp4")
+    if args.video is not None and args.video.suffix.lower() != ".mp4":
+        raise UserError(f"--video {args.video}: write an .mp4 file")
+    conv = _converter(args)
+    pixels, info = conv.read_embedding(args.embedding, allow_lossy=args.allow_lossy)
+    if args.allow_lossy:
+        _warn(f"{args.embedding}: restoring a lossy or altered embedding; expect a large "
+              "drop in quality")
+    images = conv.restore_pixels(pixels, info)
+    width = len(str(len(images) - 1))
+    files = {f"{j:0{max(2, width)}d}-{name}.png": image
+             for j, (name, image) in enumerate(zip(conv.names, images))}
+    if args.output is not None:
+        imagefiles.write_images(args.output, files,
+                                lambda names: _progress(names, "writing", "file"))
+        print(f"{args.output}: {len(files)} images ({', '.join(files)})")
+    if args.video is not None:
+        from iicnet.storage.atomic import replacing
+
+        fps = args.fps or info.fps or 5.0
+        with replacing(args.video) as tmp:
+            imagefiles.write_video(tmp, images, fps)
+        print(f"{args.video}: {len(images)} frames at {fps:g} fps")
+    return 0
+
+
+# -- eval ------------------------------------------------------------------------------
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import itertools
+
+    from iicnet.app.evaluation import evaluate
+    from iicnet.formats.shards import read_manifest
+    from iicnet.tasks import evaluation_items
+
+    conv = _converter(args)
+    try:
+        splits = read_manifest(args.data)["splits"]
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    split = args.split or next((s for s in ("test", "val", "valid") if s in splits),
+                               next(iter(splits)))
+    overrides = [f"data.crop={args.crop or 1 << 30}"]
+    if args.step:
+        overrides.append(f"data.step={args.step}")
+    cfg = conv.config.override(overrides)
+    items = itertools.islice(evaluation_items(args.data, cfg, split), args.limit)
+    result = evaluate(conv, _progress(items, "evaluating", "item", args.limit or 0),
+                      tile=args.tile)
+    if result.items == 0:
+        raise UserError(f"{args.data}: split {split!r} gave no {conv.task} items")
+    label = f"{conv.task} K={conv.num_images}"
+    if conv.task == "video":
+        label += f", step {cfg.data.step}" + (", x2 lower resolution" if conv.scale == 2 else "")
+    result.setup = {"label": label, "model": args.model, "model_name": conv.source.name,
+                    "model_version": conv.source.version, "weights": conv.fingerprint,
+                    "data": args.data, "split": split,
+                    "crop": args.crop or "full frames", "tile": args.tile}
+    if args.json:
+        print(result.to_json())
+    else:
+        print(f"{conv.describe()} on {args.data} (split {split}, "
+              f"{'centre crops of ' + str(args.crop) if args.crop else 'full frames'}):")
+        print(result.table())
+    return 0
+
+
+# -- info ------------------------------------------------------------------------------
+
+def cmd_info(args: argparse.Namespace) -> int:
+    path = Path(args.model)
+    info: dict = {"source": args.model}
+    if path.is_file():
+        cfg = config_file.load(path)
+        model = IICNet(cfg)
+    else:
+        from iicnet.app.api import load_model
+        from iicnet.convert import weights_fingerprint
+
+        model, cfg, source = load_model(args.model)
+        info.update(model_name=source.name, model_version=source.version,
+                    weights=weights_fingerprint(model))
+    from iicnet.tasks import get_task
+
+    task = get_task(cfg)
+    m = cfg.model
+    info.update({
+        "task": cfg.data.task,
+        "num_images": m.num_images,
+        "images": task.output_names,
+        "embed_channels": m.embed_channels,
+        "scale": model.scale,
+        "input_multiple": model.multiple,
+        "downscale": m.downscale,
+        "blocks": m.blocks,
+        "step": cfg.data.step if cfg.data.task == "video" else None,
+        "parameters": parameter_counts(model),
+    })
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    shape = f"at 1/{model.scale} resolution" if model.scale > 1 else "at full resolution"
+    print(f"{args.model}: task {info['task']}, K={m.num_images} "
+          f"({', '.join(task.output_names)}; reference first), "
+          f"embedding {m.embed_channels} channel(s) {shape}, {m.blocks} coupling blocks")
+    if "weights" in info:
+        version = f" version {info['model_version']}" if info["model_version"] else ""
+        print(f"  from {info['model_name']}{version}, weights {info['weights']}")
+    for name, count in info["parameters"].items():
+        print(f"  {name:<18} {count:>12,}")
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from iicnet.convert import DEFAULT_TILE
+
+    parser = argparse.ArgumentParser(prog="iicnet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(p: argparse.ArgumentParser, tile: int) -> None:
+        p.add_argument("--model", required=True,
+                       help="models:/<name>@<alias>, models:/<name>/<version>, runs:/..., or "
+                            "a checkpoint directory")
+        p.add_argument("--device", choices=DEVICES, default="auto",
+                       help="where the model runs (default: cuda when available)")
+        p.add_argument("--tile", type=int, default=tile,
+                       help=f"largest tile side in pixels, bounding memory (default {tile}; "
+                            "0: whole images)")
+
+    embed = sub.add_parser("embed", help="K images (files, a folder, a glob, a video) -> one "
+                                         "PNG")
+    model_options(embed, DEFAULT_TILE)
+    embed.add_argument("inputs", nargs="+",
+                       help="K image files in natural order (time order for a clip), folders, "
+                            "glob patterns, or one video file")
+    embed.add_argument("-o", "--output", required=True, help="the embedding PNG to write")
+    embed.add_argument("--step", type=int, help="frames between the K picked from a video "
+                                                "(default: the model's data.step)")
+    embed.set_defaults(func=cmd_embed)
+
+    restore = sub.add_parser("restore", help="an embedding PNG -> the K images (or a video)")
+    model_options(restore, DEFAULT_TILE)
+    restore.add_argument("embedding", help="the PNG written by iicnet embed")
+    restore.add_argument("-o", "--output", type=Path, help="folder for the K restored PNGs")
+    restore.add_argument("--video", type=Path, help="also write the images as an .mp4")
+    restore.add_argument("--fps", type=float, help="frame rate of --video (default: the "
+                                                   "source video's, else 5)")
+    restore.add_argument("--allow-lossy", action="store_true",
+                         help="restore a JPEG or altered embedding anyway (quality drops)")
+    restore.set_defaults(func=cmd_restore)
+
+    evaluate = sub.add_parser("eval", help="the paper's PSNR/SSIM on a shard set")
+    model_options(evaluate, 0)
+    evaluate.add_argument("--data", required=True, help="shard directory or s3:// prefix")
+    evaluate.add_argument("--split", help="default: test, else val")
+    evaluate.add_argument("--step", type=int, help="video frame step (default: the model's)")
+    evaluate.add_argument("--crop", type=int, help="centre crops of this side (default: full "
+                                                   "frames, as the tables were measured)")
+    evaluate.add_argument("--limit", type=int, help="score only the first N items")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(func=cmd_eval)
+
+    info = sub.add_parser("info", help="what a model embeds, and where it came from")
+    info.add_argument("model", help="a model URI, a checkpoint directory or a config YAML")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from iicnet.app.api import ModelError
+
+    try:
+        return args.func(args)
+    except (UserError, InputError, EmbeddingFileError, ModelError, ConfigError,
+            CheckpointError, StorageError) as exc:
+        print(f"iicnet: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

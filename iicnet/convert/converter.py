@@ -1,0 +1,291 @@
+"""Using a trained model on your own images: ``iicnet.load(MODEL)`` -> :class:`Converter`.
+
+::
+
+    import iicnet
+    conv = iicnet.load("models:/iicnet-video@champion")   # or a checkpoint directory
+    png = conv.embed(frames)          # K (H, W, 3) uint8 arrays, natural order -> PNG bytes
+    frames = conv.restore(png)        # -> K (H, W, 3) uint8 arrays, the same order
+
+*Natural order* is the order a person gives the images in: time order for a clip (the
+converter moves the middle frame to the front, as the model expects), left then right for
+stereo, normal then zoomed for dual-view, cover first for hiding. ``conv.names`` names them.
+
+Any size works. The images are padded at the bottom and right (edge pixels repeated) to the
+model's multiple and cropped back after restoring. Large images are cut into a grid of tiles
+of at most ``tile`` x ``tile`` pixels (default :data:`DEFAULT_TILE`), each encoded and
+decoded on its own, so memory is bounded by one tile whatever the image size; the grid is
+recorded in the PNG and restoring uses the same one. Tile sides are near-equal multiples of
+the model's multiple (a 1920x1080 frame becomes 4 x 3 tiles of 480x360). Measured peak
+memory for one 512x512 tile of the published video K=5 design (float32, CPU): about
+1.4 GiB above the loaded model, growing with the tile's area and with K; a 1920x1080 K=5 clip
+in one piece would need about 11 GiB. ``tile=0`` turns tiling off (what the paper's tables
+were measured with, and what ``iicnet eval`` does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from iicnet.convert.tiling import DEFAULT_TILE, MIN_TILE, progress_bar, tile_bounds
+from iicnet.formats import embedding_png
+from iicnet.formats.embedding_png import EmbeddingFileError, EmbeddingInfo
+from iicnet.formats.imagefiles import InputError, check_same_size
+from iicnet.model import IICNet
+from iicnet.model.config import Config
+
+
+class MismatchError(EmbeddingFileError):
+    """An embedding was made by another model than the one asked to restore it."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model came from, for messages and the embedding's provenance."""
+
+    uri: str
+    """What the user gave: a model URI or a checkpoint directory."""
+    name: str
+    """Registered model name, or the checkpoint directory."""
+    version: str = ""
+    """Registry version, or ``""`` where there is none."""
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """The first 16 hex digits of a SHA-256 over the weights (names, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(t.shape)};".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class Converter:
+    """A model ready to embed K images into one picture and to restore them from it.
+
+    ``embed`` / ``restore`` take and return uint8 numpy arrays ``(H, W, 3)`` in natural
+    order (see the module docstring). Build one with :func:`iicnet.load`.
+    """
+
+    def __init__(self, model: IICNet, config: Config, source: ModelSource, *,
+                 device: torch.device | str = "cpu", tile: int = DEFAULT_TILE,
+                 progress: bool = False):
+        from iicnet.tasks import get_task
+
+        if tile and tile < MIN_TILE:
+            raise InputError(f"--tile {tile}: tiles smaller than {MIN_TILE} pixels restore "
+                             "badly; use at least " f"{MIN_TILE}, or 0 for no tiling")
+        self.device = torch.device(device)
+        self.fingerprint = weights_fingerprint(model)
+        self.model = model.to(self.device).eval()
+        self.config, self.source = config, source
+        self.tile, self.progress = tile, progress
+        task = get_task(config)
+        self.task = task.name
+        k = config.model.num_images
+        self.order: list[int] = list(getattr(task, "order", range(k)))
+        """``order[i]``: the natural position of the image at stack position ``i``."""
+        self.names = [""] * k
+        for stack_index, natural in enumerate(self.order):
+            self.names[natural] = task.output_names[stack_index]
+
+    @property
+    def num_images(self) -> int:
+        return self.config.model.num_images
+
+    @property
+    def scale(self) -> int:
+        return self.model.scale
+
+    @property
+    def multiple(self) -> int:
+        return self.model.multiple
+
+    def describe(self) -> str:
+        version = f" version {self.source.version}" if self.source.version else ""
+        return f"{self.source.name}{version}"
+
+    # -- the model on a tile grid -------------------------------------------------------
+
+    def encode_stack(self, x: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
+        """``(K, C, H, W)`` uint8 in stack order -> ``(C_e, H/s, W/s)`` uint8, tile by tile on
+        the grid ``rows`` x ``cols`` (boundaries in input pixels)."""
+        s = self.scale
+        out = torch.empty((self.config.model.embed_channels, rows[-1] // s, cols[-1] // s),
+                          dtype=torch.uint8)
+        for (r0, r1), (c0, c1) in self._grid(rows, cols, "embedding"):
+            tile = x[:, :, r0:r1, c0:c1][None].to(self.device)
+            out[:, r0 // s:r1 // s, c0 // s:c1 // s] = self.model.encode(tile)[0].cpu()
+        return out
+
+    def decode_stack(self, e: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
+        """``(C_e, H/s, W/s)`` uint8 -> ``(K, C, H, W)`` uint8 in stack order, on the grid."""
+        s = self.scale
+        out = torch.empty((self.num_images, self.config.model.image_channels, rows[-1],
+                           cols[-1]), dtype=torch.uint8)
+        for (r0, r1), (c0, c1) in self._grid(rows, cols, "restoring"):
+            tile = e[:, r0 // s:r1 // s, c0 // s:c1 // s][None].to(self.device)
+            out[:, :, r0:r1, c0:c1] = self.model.decode(tile)[0].cpu()
+        return out
+
+    def _grid(self, rows: list[int], cols: list[int], desc: str
+              ) -> Iterable[tuple[tuple[int, int], tuple[int, int]]]:
+        cells = [((r0, r1), (c0, c1)) for r0, r1 in zip(rows, rows[1:])
+                 for c0, c1 in zip(cols, cols[1:])]
+        return progress_bar(cells, desc, self.progress and len(cells) > 1)
+
+    # -- embedding ---------------------------------------------------------------------
+
+    def check_images(self, images: Sequence[np.ndarray] | np.ndarray,
+                     labels: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Validate K (H, W, 3) uint8 images; raise :class:`InputError` naming the culprit."""
+        images = list(images)
+        labels = list(labels) if labels is not None else [f"image {i}"
+                                                          for i in range(len(images))]
+        self.check_count(labels)
+        for image, label in zip(images, labels):
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+                raise InputError(f"{label}: expected a uint8 numpy array, got "
+                                 f"{getattr(image, 'dtype', type(image).__name__)}")
+            if image.ndim != 3 or image.shape[2] != self.config.model.image_channels:
+                raise InputError(f"{label}: expected (H, W, {self.config.model.image_channels})"
+                                 f" pixels, got shape {image.shape}")
+        check_same_size(images, labels)
+        return images
+
+    def check_count(self, labels: Sequence[str]) -> None:
+        """Raise :class:`InputError` unless ``labels`` name exactly K images."""
+        if len(labels) != self.num_images:
+            got = f" ({', '.join(labels)})" if 0 < len(labels) <= 12 else ""
+            raise InputError(
+                f"{self.describe()} embeds {self.num_images} images ({', '.join(self.names)}; "
+                f"task {self.task}), but {len(labels)} were given{got}"
+            )
+
+    def embed_pixels(self, images: Sequence[np.ndarray] | np.ndarray, *,
+                     labels: Sequence[str] | None = None, fps: float | None = None
+                     ) -> tuple[np.ndarray, EmbeddingInfo]:
+        """The embedding ``(H', W', C_e)`` uint8 and the metadata its PNG carries."""
+        images = self.check_images(images, labels)
+        height, width = images[0].shape[:2]
+        m = self.multiple
+        pad = (-height % m, -width % m)
+        stack = np.stack([images[i] for i in self.order])
+        stack = np.pad(stack, ((0, 0), (0, pad[0]), (0, pad[1]), (0, 0)), mode="edge")
+        rows = tile_bounds(height + pad[0], self.tile, m)
+        cols = tile_bounds(width + pad[1], self.tile, m)
+        out = self.encode_stack(torch.from_numpy(stack).permute(0, 3, 1, 2), rows, cols)
+        info = self._info([height, width], list(pad), rows, cols, fps)
+        return out.permute(1, 2, 0).numpy(), info
+
+    def _info(self, size: list[int], padding: list[int], rows: list[int], cols: list[int],
+              fps: float | None = None) -> EmbeddingInfo:
+        return EmbeddingInfo(
+            model=self.source.name, model_version=self.source.version,
+            weights=self.fingerprint, task=self.task, num_images=self.num_images,
+            embed_channels=self.config.model.embed_channels, scale=self.scale, size=size,
+            padding=padding, tile_rows=rows, tile_cols=cols, names=self.names, fps=fps,
+        )
+
+    def embed(self, images: Sequence[np.ndarray] | np.ndarray, *, as_png: bool = True,
+              fps: float | None = None) -> bytes | np.ndarray:
+        """K images -> PNG bytes carrying the provenance (or the ``(H', W', C_e)`` pixels)."""
+        pixels, info = self.embed_pixels(images, fps=fps)
+        return embedding_png.encode(pixels, info) if as_png else pixels
+
+    # -- restoring ---------------------------------------------------------------------
+
+    def check_info(self, info: EmbeddingInfo, where: str) -> None:
+        """Raise :class:`MismatchError` unless this model made the embedding."""
+        mine = (self.task, self.num_images, self.config.model.embed_channels, self.scale)
+        theirs = (info.task, info.num_images, info.embed_channels, info.scale)
+        if mine != theirs:
+            raise MismatchError(
+                f"{where}: made by {info.describe_model()} for task {info.task} with "
+                f"K={info.num_images}, but {self.describe()} is for task {self.task} with "
+                f"K={self.num_images}; restore it with the model that made it"
+            )
+        if info.weights != self.fingerprint:
+            raise MismatchError(
+                f"{where}: made by {info.describe_model()}, but {self.describe()} has other "
+                f"weights ({self.fingerprint}); only the model that made an embedding can "
+                "restore it: pass --model with that one"
+            )
+
+    def default_info(self, pixels: np.ndarray) -> EmbeddingInfo:
+        """The geometry assumed for an embedding without metadata: no padding, and the tile
+        grid this converter would have used for an input of that size."""
+        height, width = pixels.shape[0] * self.scale, pixels.shape[1] * self.scale
+        return self._info([height, width], [0, 0], tile_bounds(height, self.tile, self.multiple),
+                          tile_bounds(width, self.tile, self.multiple))
+
+    def read_embedding(self, embedding: bytes | str | Path | np.ndarray, *,
+                       allow_lossy: bool = False) -> tuple[np.ndarray, EmbeddingInfo]:
+        """Pixels and metadata of PNG bytes, a file, or raw ``(H', W', C_e)`` pixels; the
+        metadata is checked against this model."""
+        if isinstance(embedding, np.ndarray):
+            if embedding.dtype != np.uint8 or embedding.ndim != 3:
+                raise InputError(f"embedding: expected (H, W, C_e) uint8 pixels, got "
+                                 f"{embedding.dtype} {embedding.shape}")
+            pixels, info, where = embedding, None, "embedding"
+        elif isinstance(embedding, bytes | bytearray):
+            where = "embedding"
+            pixels, info = embedding_png.decode(bytes(embedding), where, allow_lossy=allow_lossy)
+        else:
+            where = str(embedding)
+            pixels, info = embedding_png.read(embedding, allow_lossy=allow_lossy)
+        if info is None:
+            pixels = self._match_channels(pixels, where)
+            info = self.default_info(pixels)
+        self.check_info(info, where)
+        return pixels, info
+
+    def _match_channels(self, pixels: np.ndarray, where: str) -> np.ndarray:
+        want = self.config.model.embed_channels
+        if pixels.shape[2] == want:
+            return pixels
+        if want == 1 and pixels.shape[2] == 3:
+            luma = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
+        if want == 3 and pixels.shape[2] == 1:
+            return np.repeat(pixels, 3, axis=2)
+        raise InputError(f"{where}: {pixels.shape[2]} channels; this model's embeddings "
+                         f"have {want}")
+
+    def restore_pixels(self, pixels: np.ndarray, info: EmbeddingInfo) -> list[np.ndarray]:
+        """Decode checked embedding pixels on the recorded tile grid, crop, natural order."""
+        e = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).permute(2, 0, 1)
+        out = self.decode_stack(e, info.tile_rows, info.tile_cols)
+        k = self.num_images
+        height, width = info.size
+        stack = out[:, :, :height, :width].permute(0, 2, 3, 1).numpy()
+        natural: list[np.ndarray] = [np.empty(0, np.uint8)] * k
+        for stack_index, position in enumerate(self.order):
+            natural[position] = np.ascontiguousarray(stack[stack_index])
+        return natural
+
+    def restore(self, embedding: bytes | str | Path | np.ndarray, *,
+                allow_lossy: bool = False) -> list[np.ndarray]:
+        """An embedding (PNG bytes, a file path, or raw pixels) -> K (H, W, 3) uint8 images.
+
+        Raw pixels carry no metadata: they are assumed unpadded and tiled as this converter
+        tiles. A JPEG (or a PNG whose pixels changed) raises unless ``allow_lossy``.
+        """
+        pixels, info = self.read_embedding(embedding, allow_lossy=allow_lossy)
+        return self.restore_pixels(pixels, info)
+
+    # -- serving -----------------------------------------------------------------------
+
+    def handle(self, request: Any) -> list[dict[str, Any]]:
+        """Answer serving requests; see :func:`iicnet.convert.serving.handle`."""
+        from iicnet.convert.serving import handle
+
+        return handle(self, request)

@@ -1,0 +1,217 @@
+"""The embedding file: an ordinary PNG whose text chunks say how to restore it.
+
+``iicnet embed`` writes the embedding's pixels as an 8-bit RGB PNG (grey for a 1-channel
+embedding) with one ``tEXt`` chunk per field of :class:`EmbeddingInfo`, keyed
+``iicnet:<field>`` and holding JSON, so ``exiftool`` or ``identify -verbose`` show them too:
+
+==================  =====================================================================
+``format``          format version (:data:`FORMAT_VERSION`); a newer file is refused
+``model``           registered model name (``iicnet-video``), or the checkpoint's path
+``model_version``   registry version (``"3"``), or ``""`` for a local checkpoint
+``weights``         fingerprint of the weights (:func:`iicnet.convert.weights_fingerprint`):
+                    what ``restore`` checks, since only the same weights can invert
+``task``, ``num_images``, ``embed_channels``, ``scale``
+                    what the model embeds; ``restore`` checks them against its model
+``size``            the inputs' original ``[height, width]``
+``padding``         ``[bottom, right]`` pixels added to reach the model's multiple
+``tile_rows``       row boundaries of the tile grid in input pixels, ``[0, ..., padded H]``
+``tile_cols``       column boundaries, ``[0, ..., padded W]``
+``names``           the K image names, in the order they were given
+``pixels``          SHA-256 (first 16 hex digits) of the embedding's pixel bytes: a file
+                    whose pixels changed after writing (lossy re-compression, editing) is
+                    caught before it is restored into garbage
+``fps``             frames per second of a source video, or null
+==================  =====================================================================
+
+Writes are atomic (a temporary name, then a rename), so a failed ``embed`` leaves no file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from iicnet import storage
+from iicnet.formats.imagefiles import UndecodableImage, open_image
+
+FORMAT_VERSION = 1
+PREFIX = "iicnet:"
+
+
+class EmbeddingFileError(ValueError):
+    """A file is not an embedding this code can restore; the message says why."""
+
+
+class LossyEmbeddingError(EmbeddingFileError):
+    """The embedding was re-compressed or edited: restoring it is possible but degraded."""
+
+
+@dataclass
+class EmbeddingInfo:
+    """What an embedding PNG carries besides its pixels (see the module docstring)."""
+
+    model: str
+    model_version: str
+    weights: str
+    task: str
+    num_images: int
+    embed_channels: int
+    scale: int
+    size: list[int]
+    padding: list[int]
+    tile_rows: list[int]
+    tile_cols: list[int]
+    names: list[str]
+    pixels: str = ""
+    fps: float | None = None
+    format: int = FORMAT_VERSION
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        return self.tile_rows[-1], self.tile_cols[-1]
+
+    def describe_model(self) -> str:
+        version = f" version {self.model_version}" if self.model_version else ""
+        return f"{self.model or 'an unnamed model'}{version} (weights {self.weights})"
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()[:16]
+
+
+def to_image(pixels: np.ndarray) -> Image.Image:
+    """``(H, W, C_e)`` uint8 -> a PIL image (RGB, or L for one channel)."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
+        raise ValueError(f"embedding pixels must be uint8 (H, W, 1 or 3), got {pixels.dtype} "
+                         f"{pixels.shape}")
+    return Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+
+
+def encode(pixels: np.ndarray, info: EmbeddingInfo) -> bytes:
+    """PNG bytes of ``(H, W, C_e)`` uint8 pixels with ``info`` in its text chunks."""
+    info.pixels = pixel_digest(pixels)
+    chunks = PngImagePlugin.PngInfo()
+    for key, value in asdict(info).items():
+        chunks.add_text(PREFIX + key, json.dumps(value))
+    chunks.add_text("Software", "iicnet")
+    chunks.add_text("Description", f"{info.num_images} images embedded by IICNet "
+                                   f"({info.task}); `iicnet restore` brings them back")
+    out = io.BytesIO()
+    to_image(pixels).save(out, format="PNG", pnginfo=chunks)
+    return out.getvalue()
+
+
+def write(path: str | Path, pixels: np.ndarray, info: EmbeddingInfo) -> None:
+    """Write the embedding PNG atomically (a local path or ``s3://`` URL)."""
+    storage.write_bytes(path, encode(pixels, info))
+
+
+def _parse_info(text: dict[str, str], where: str) -> EmbeddingInfo:
+    raw = {k[len(PREFIX):]: v for k, v in text.items() if k.startswith(PREFIX)}
+    if not raw:
+        raise EmbeddingFileError(
+            f"{where}: not an IICNet embedding (it has no iicnet metadata; a program that "
+            "re-saved it may have dropped it)"
+        )
+    try:
+        values = {k: json.loads(v) for k, v in raw.items()}
+    except json.JSONDecodeError as exc:
+        raise EmbeddingFileError(f"{where}: damaged iicnet metadata ({exc})") from exc
+    version = values.get("format")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise EmbeddingFileError(f"{where}: embedding format {version!r}; this iicnet reads "
+                                 f"format {FORMAT_VERSION} and older: upgrade iicnet")
+    known = {f.name for f in fields(EmbeddingInfo)}
+    missing = sorted(f.name for f in fields(EmbeddingInfo)
+                     if f.name not in values and f.default is MISSING)
+    if missing:
+        raise EmbeddingFileError(f"{where}: iicnet metadata lacks {', '.join(missing)}")
+    info = EmbeddingInfo(**{k: v for k, v in values.items() if k in known})
+    try:
+        _check_geometry(info, where)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, EmbeddingFileError):
+            raise
+        raise EmbeddingFileError(f"{where}: damaged iicnet metadata ({exc})") from exc
+    return info
+
+
+def _check_geometry(info: EmbeddingInfo, where: str) -> None:
+    def bounds_ok(b: object) -> bool:
+        return (isinstance(b, list) and len(b) >= 2 and b[0] == 0
+                and all(isinstance(x, int) and x % info.scale == 0 for x in b)
+                and all(x < y for x, y in zip(b, b[1:])))
+
+    if not (bounds_ok(info.tile_rows) and bounds_ok(info.tile_cols)):
+        raise EmbeddingFileError(f"{where}: damaged iicnet metadata (tile grid "
+                                 f"{info.tile_rows} x {info.tile_cols})")
+    height, width = info.size
+    bottom, right = info.padding
+    if (height + bottom, width + right) != info.padded_size:
+        raise EmbeddingFileError(f"{where}: damaged iicnet metadata (size {info.size} + "
+                                 f"padding {info.padding} != tile grid {info.padded_size})")
+
+
+def decode(data: bytes, where: str, *, allow_lossy: bool = False
+           ) -> tuple[np.ndarray, EmbeddingInfo | None]:
+    """``(H, W, C_e)`` uint8 pixels and the metadata of an embedding file's bytes.
+
+    Raises :class:`LossyEmbeddingError` for a JPEG (or another non-PNG format) and for a PNG
+    whose pixels no longer match their recorded digest, unless ``allow_lossy``; then the
+    metadata of a non-PNG is None (it carries none) and the caller must assume a geometry.
+    Raises :class:`EmbeddingFileError` for anything else that is not an embedding.
+    """
+    try:
+        image = open_image(data)
+    except UndecodableImage as exc:
+        raise EmbeddingFileError(f"{where}: not an image ({exc})") from exc
+    if image.format != "PNG":
+        if not allow_lossy:
+            raise LossyEmbeddingError(
+                f"{where}: a {image.format} file, not the PNG that iicnet embed writes. Lossy "
+                "re-compression destroys most of what is hidden in the pixels: restoration "
+                "quality will drop sharply. Use the original PNG, or pass --allow-lossy "
+                "(Python: allow_lossy=True) to restore anyway"
+            )
+        mode = "L" if image.mode in ("L", "LA", "I", "I;16") else "RGB"
+        return _pixels(image.convert(mode)), None
+    info = _parse_info(dict(image.text), where)
+    mode = "L" if info.embed_channels == 1 else "RGB"
+    pixels = _pixels(image.convert(mode) if image.mode != mode else image)
+    expected = (info.padded_size[0] // info.scale, info.padded_size[1] // info.scale)
+    if pixels.shape[:2] != expected:
+        raise EmbeddingFileError(f"{where}: {pixels.shape[1]}x{pixels.shape[0]} pixels, but "
+                                 f"its metadata says {expected[1]}x{expected[0]}; it was "
+                                 "resized after it was written")
+    if pixel_digest(pixels) != info.pixels and not allow_lossy:
+        raise LossyEmbeddingError(
+            f"{where}: its pixels changed after iicnet wrote it (lossy re-compression or "
+            "editing): restoration quality will drop. Use the original file, or pass "
+            "--allow-lossy (Python: allow_lossy=True) to restore anyway"
+        )
+    return pixels, info
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    array = np.asarray(image)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def read(path: str | Path, *, allow_lossy: bool = False
+         ) -> tuple[np.ndarray, EmbeddingInfo | None]:
+    """:func:`decode` a local file or ``s3://`` object."""
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError as exc:
+        raise EmbeddingFileError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise EmbeddingFileError(f"{path}: a directory, not an embedding PNG") from exc
+    except OSError as exc:
+        raise EmbeddingFileError(f"{path}: cannot read ({exc})") from exc
+    return decode(data, str(path), allow_lossy=allow_lossy)

@@ -1,0 +1,30 @@
+"""MLflow, and only here: tracking runs, logging and registering models, loading them back.
+
+``from iicnet import registry`` gives the functions of :mod:`iicnet.registry.models`;
+:mod:`iicnet.registry.pyfunc` is the file MLflow runs to serve a logged model.
+"""
+
+from iicnet.registry.models import (
+    CHECKPOINT_ARTIFACT,
+    DEFAULT_ALIAS,
+    MODEL_NAME,
+    RUN_NAME_TAG,
+    Tracker,
+    TrackingError,
+    check_tracking,
+    experiment_id,
+    find_runs,
+    load_model,
+    log_model,
+    model_name,
+    redact,
+    register,
+    registered_version,
+    start_run,
+    tracking_uri,
+)
+
+__all__ = ["CHECKPOINT_ARTIFACT", "DEFAULT_ALIAS", "MODEL_NAME", "RUN_NAME_TAG", "Tracker",
+           "TrackingError", "check_tracking", "experiment_id", "find_runs", "load_model",
+           "log_model", "model_name", "redact", "register", "registered_version", "start_run",
+           "tracking_uri"]

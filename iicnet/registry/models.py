@@ -1,0 +1,345 @@
+"""MLflow: tracking runs, logging and registering models, loading them back. The only module
+of :mod:`iicnet` that imports MLflow.
+
+- :func:`check_tracking` fails fast, with a message saying what to do, when the tracking
+  server named by ``MLFLOW_TRACKING_URI`` (or given) does not answer.
+- :class:`Tracker` logs params, metrics, images and files into one run by id, so the
+  process that created the run and a training worker elsewhere can both write to it.
+- :func:`log_model` stores a checkpoint directory (``model.safetensors`` + ``config.json``)
+  as an MLflow pyfunc whose code is :mod:`iicnet.registry.pyfunc` (logged as code, not pickled);
+  :func:`register` makes it a version of ``iicnet-<task>`` with an alias and tags.
+- :func:`load_model` turns ``models:/iicnet-video@candidate``, ``runs:/...`` URIs or a local
+  directory into ``(IICNet, Config)`` by reading the safetensors weights and the JSON config:
+  no pickle, no model code from the artifact store.
+
+Every call names its tracking server explicitly (``MlflowClient(uri)``). One exception:
+:func:`load_model` sets MLflow's process-wide tracking URI to the server it loads from,
+because ``mlflow.artifacts.download_artifacts`` otherwise unsets ``MLFLOW_TRACKING_URI`` on
+its way out in a process that never set one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from iicnet.formats import checkpoint
+from iicnet.model import IICNet
+from iicnet.model.config import Config
+
+DEFAULT_ALIAS = "candidate"
+MODEL_NAME = "model"
+"""Name of the logged model inside its run."""
+CHECKPOINT_ARTIFACT = "checkpoint"
+RUN_NAME_TAG = "iicnet.run_name"
+_PACKAGE = Path(__file__).resolve().parents[1]
+"""The ``iicnet`` package, shipped with every logged model as its code."""
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking server cannot be reached or refused a request."""
+
+
+def model_name(task: str) -> str:
+    """The registered model of a task: ``iicnet-video``, ``iicnet-stereo``, ..."""
+    return f"iicnet-{task}"
+
+
+def redact(uri: str) -> str:
+    """``uri`` without a password (``http://user:secret@host`` -> ``http://user:***@host``)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def tracking_uri(default: str | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else ``default``, else MLflow's own default."""
+    import os
+
+    import mlflow
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or default or mlflow.get_tracking_uri()
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`TrackingError` now if ``uri`` cannot be used, rather than after training.
+
+    An http(s) server must answer ``/health``; a ``sqlite:///`` store's folder is created.
+    """
+    scheme = urllib.parse.urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            raise TrackingError(
+                f"MLflow tracking server {redact(uri)} answered {exc.code} {exc.reason} to "
+                f"/health; check MLFLOW_TRACKING_URI (and the server's --allowed-hosts)"
+            ) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"MLflow tracking server {redact(uri)} is not reachable ({reason}). Start one "
+                "(`mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 "
+                "--port 5000`) or point MLFLOW_TRACKING_URI at a running server; unset it to "
+                "use a local SQLite store"
+            ) from exc
+    elif scheme == "sqlite":
+        path = uri[len("sqlite:///"):]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(uri: str, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created (with ``artifact_location``) if missing."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def start_run(uri: str, experiment: str, run_name: str, config: Config, *,
+              artifact_location: str | None = None, tags: dict[str, str] | None = None,
+              resume: bool = False) -> str:
+    """Create the MLflow run of a training run (or find it again when resuming); log the
+    full flat config as params and as ``config.json``. Returns the run id.
+
+    A resumed run is the one tagged ``iicnet.run_name`` = ``run_name``; params it already
+    has keep their first value (MLflow params are immutable), new ones are added.
+    """
+    from mlflow.entities import Param, RunStatus
+
+    client = _client(uri)
+    exp = experiment_id(uri, experiment, artifact_location)
+    run_id = None
+    if resume:
+        runs = client.search_runs([exp], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                                  max_results=1)
+        if runs:
+            run_id = runs[0].info.run_id
+            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    if run_id is None:
+        run = client.create_run(exp, run_name=run_name,
+                                tags={RUN_NAME_TAG: run_name, **(tags or {})})
+        run_id = run.info.run_id
+    existing = client.get_run(run_id).data.params
+    params = [Param(k, json.dumps(v) if isinstance(v, list) else str(v))
+              for k, v in config.flat().items() if k not in existing]
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start:start + 100])
+    client.log_text(run_id, config.to_json(), "config.json")
+    return run_id
+
+
+class Tracker:
+    """Logs into one existing MLflow run; safe to build in any process that reaches ``uri``."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self._client = _client(uri)
+
+    def params(self, values: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self._client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()])
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in values.items()]
+        self._client.log_batch(self.run_id, metrics=batch)
+
+    def image(self, picture: np.ndarray, path: str) -> None:
+        self._client.log_image(self.run_id, picture, artifact_file=path)
+
+    def json(self, data: Any, path: str) -> None:
+        self._client.log_dict(self.run_id, data, path)
+
+    def text(self, text: str, path: str) -> None:
+        self._client.log_text(self.run_id, text, path)
+
+    def file(self, path: str | Path, folder: str) -> None:
+        """Upload a local file as an artifact under ``folder``."""
+        self._client.log_artifact(self.run_id, str(path), folder)
+
+    def tags(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            self._client.set_tag(self.run_id, key, value)
+
+    def status(self) -> str:
+        """``RUNNING``, ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        return self._client.get_run(self.run_id).info.status
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._client.set_terminated(self.run_id, status=status)
+
+
+def find_runs(uri: str, experiment: str, tags: dict[str, str], *,
+              has_tags: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
+    """``{run_id: tags}`` of the runs of ``experiment`` whose tags equal ``tags`` and that
+    carry every tag in ``has_tags``; empty when the experiment does not exist."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    terms = [f"tags.`{k}` = '{_quoted(v)}'" for k, v in tags.items()]
+    terms += [f"tags.`{k}` != ''" for k in has_tags]
+    runs = client.search_runs([found.experiment_id], filter_string=" and ".join(terms),
+                              max_results=10_000)
+    return {r.info.run_id: dict(r.data.tags) for r in runs}
+
+
+def _quoted(value: str) -> str:
+    if "'" in value:
+        raise ValueError(f"tag value {value!r}: quotes cannot be searched for")
+    return value
+
+
+def log_model(uri: str, run_id: str, directory: str | Path) -> str:
+    """Log checkpoint ``directory`` into run ``run_id`` as a pyfunc model; its ``runs:/`` URI.
+
+    The artifact holds the safetensors weights and JSON config, the model code
+    (:mod:`iicnet.registry.pyfunc`) and a copy of the :mod:`iicnet` package, so
+    ``mlflow.pyfunc.load_model`` works where iicnet is not installed.
+    """
+    import mlflow
+
+    directory = Path(directory)
+    checkpoint.load_config(directory)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = Path(tmp, CHECKPOINT_ARTIFACT)
+        files.mkdir()
+        for name in (checkpoint.WEIGHTS, checkpoint.CONFIG):
+            shutil.copy2(directory / name, files / name)
+        code = Path(tmp, "iicnet")
+        shutil.copytree(_PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        saved = Path(tmp, MODEL_NAME)
+        # Saved locally and uploaded by run id: MLflow's fluent API would need global state.
+        mlflow.pyfunc.save_model(
+            path=str(saved),
+            python_model=str(Path(__file__).resolve().with_name("pyfunc.py")),
+            artifacts={CHECKPOINT_ARTIFACT: str(files)},
+            code_paths=[str(code)],
+            pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy",
+                              "safetensors", "pyyaml", "pillow"],
+        )
+        _client(uri).log_artifacts(run_id, str(saved), MODEL_NAME)
+    return f"runs:/{run_id}/{MODEL_NAME}"
+
+
+def register(uri: str, model_uri: str, name: str, *, alias: str = DEFAULT_ALIAS,
+             tags: dict[str, Any] | None = None) -> str:
+    """Register ``model_uri`` (``runs:/<run_id>/<path>``) as a new version of ``name``,
+    point ``alias`` at it and tag it; returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    run_id, path = _parse_runs_uri(model_uri)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
+    version = client.create_model_version(name, source, run_id=run_id,
+                                          tags={k: str(v) for k, v in (tags or {}).items()})
+    client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
+def load_model(source: str | Path, uri: str | None = None,
+               device: str | torch.device = "cpu") -> tuple[IICNet, Config]:
+    """``(IICNet, Config)`` from a registered or logged model, or a local directory.
+
+    ``source``: ``models:/iicnet-video@candidate``, ``models:/iicnet-video/3``,
+    ``runs:/<run_id>/model``, a downloaded MLflow model directory, or a checkpoint
+    directory. ``uri`` is the tracking server (default: ``MLFLOW_TRACKING_URI``).
+    """
+    text = str(source)
+    if not text.startswith(("models:/", "runs:/")):
+        raise checkpoint.CheckpointError(f"{source}: not a models:/ or runs:/ URI (local "
+                                         "folders: iicnet.formats.checkpoint.load)")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = uri or tracking_uri()
+    check_tracking(uri)
+    # download_artifacts(tracking_uri=...) restores the previous global URI on its way out,
+    # unsetting MLFLOW_TRACKING_URI when there was none: set it for good instead.
+    mlflow.set_tracking_uri(uri)
+    client = _client(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if text.startswith("runs:/"):
+                run_id, path = _parse_runs_uri(text)
+                local = client.download_artifacts(run_id, path, tmp)
+            else:
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=_version_source(client, text), dst_path=tmp, tracking_uri=uri)
+        except MlflowException as exc:
+            raise TrackingError(f"{source}: cannot fetch the model from {redact(uri)} "
+                                f"({exc.message})") from exc
+        return checkpoint.load(checkpoint.find(Path(local)), device=device)
+
+
+def _parse_runs_uri(model_uri: str) -> tuple[str, str]:
+    run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
+    if not model_uri.startswith("runs:/") or not run_id or not path:
+        raise ValueError(f"{model_uri}: expected runs:/<run_id>/<path>")
+    return run_id, path
+
+
+def _version_source(client, model_uri: str) -> str:
+    """Where the files of ``models:/name@alias`` or ``models:/name/version`` are stored."""
+    name, at, alias = model_uri.removeprefix("models:/").partition("@")
+    if at:
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        name, _, version = name.partition("/")
+        if not version.isdigit():
+            raise ValueError(f"{model_uri}: expected models:/<name>@<alias> or "
+                             "models:/<name>/<version>")
+    return client.get_model_version_download_uri(name, version)
+
+
+def registered_version(source: str, uri: str | None = None) -> tuple[str, str]:
+    """``(name, version)`` that ``models:/<name>@<alias>`` or ``models:/<name>/<version>``
+    names now (an alias resolved to its version); ``("", "")`` for any other source. The
+    provenance ``iicnet embed`` writes into an embedding."""
+    text = str(source)
+    if not text.startswith("models:/") or text.startswith("models:/m-"):
+        return "", ""
+    name, at, alias = text.removeprefix("models:/").partition("@")
+    if not at:
+        name, _, version = name.partition("/")
+        return name, version
+    from mlflow.exceptions import MlflowException
+
+    uri = uri or tracking_uri()
+    check_tracking(uri)
+    try:
+        return name, str(_client(uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        raise TrackingError(f"{source}: cannot resolve the alias at {redact(uri)} "
+                            f"({exc.message})") from exc

@@ -1,0 +1,50 @@
+"""The MLflow pyfunc of an IICNet, logged as code (MLflow's "models from code").
+
+MLflow runs this file when the model is loaded with ``mlflow.pyfunc.load_model``; the weights
+and config come from the ``checkpoint`` artifact (``model.safetensors`` + ``config.json``),
+so loading unpickles nothing. :func:`iicnet.registry.load_model` does not use this file at
+all: it reads the same artifact straight into an :class:`~iicnet.model.IICNet`.
+
+``predict`` takes, as ``mlflow models serve`` hands them over:
+
+- records (``{"dataframe_records": [{"images": [K base64 image files]}]}`` or
+  ``[{"embedding": base64 PNG}]``): answered by :func:`iicnet.convert.serving.handle` with
+  ``{"embedding": base64 PNG}`` (any size, tiled, provenance in the PNG) or
+  ``{"images": [K base64 PNGs], "names": [...]}``;
+- uint8 arrays (``{"inputs": ...}``): ``(B, K, C, H, W)`` images -> ``(B, C_e, H/s, W/s)``
+  embeddings, and 4-D embeddings -> ``(B, K, C, H, W)`` images (``params={"mode": ...}``
+  says which explicitly when called in-process).
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+from iicnet.convert import Converter, ModelSource
+from iicnet.formats.checkpoint import load
+
+
+class IICNetPyfunc(PythonModel):
+    def load_context(self, context: PythonModelContext) -> None:
+        self.model, self.config = load(context.artifacts["checkpoint"])
+        self.converter = Converter(self.model, self.config,
+                                   ModelSource("mlflow pyfunc", "served model"))
+
+    # No type hints on predict: MLflow would try to derive a schema from them.
+    def predict(self, context, model_input, params=None):
+        if hasattr(model_input, "to_dict") or isinstance(model_input, list):
+            return self.converter.handle(model_input)
+        x = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.uint8))
+        mode = (params or {}).get("mode") or {5: "encode", 4: "decode"}.get(x.ndim)
+        if mode not in ("encode", "decode"):
+            raise ValueError(f"expected (B, K, C, H, W) images or (B, C_e, h, w) embeddings, "
+                             f"or params.mode 'encode' / 'decode'; got shape {tuple(x.shape)} "
+                             f"and mode {mode!r}")
+        out = self.model.encode(x) if mode == "encode" else self.model.decode(x)
+        return out.numpy()
+
+
+mlflow.models.set_model(IICNetPyfunc())
