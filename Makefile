@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench venv constraints
+.PHONY: run test lint bench venv constraints postgres
 
 $(STAMP): pyproject.toml constraints.txt
 	python3.11 -m venv $(VENV)
@@ -17,7 +17,13 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) ray_jobs/train.py
 
-test: $(STAMP)
+# The MLflow tests run their tracking server on a real PostgreSQL (tests/fixtures_postgres.py).
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { echo "installing PostgreSQL's server programs (apt-get install postgresql)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+test: $(STAMP) postgres
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q

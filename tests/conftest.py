@@ -177,3 +177,15 @@ def local_shards(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         assert main(args) == 0
         shards[layout] = out
     return shards
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server on loopback (see ``tests/fixtures_postgres.py``)."""
+    from tests.fixtures_postgres import start_postgres, stop_postgres
+
+    process, server = start_postgres()
+    try:
+        yield server
+    finally:
+        stop_postgres(process, server)
