@@ -1,4 +1,5 @@
-"""cluster.yaml is a valid Ray cluster launcher config and installs what pyproject declares."""
+"""The rendered cluster config is a valid Ray cluster launcher config, installs what the lock
+pins, and takes every account-specific value from the settings (checked on the laptop)."""
 
 import json
 import re
@@ -11,12 +12,17 @@ import ray
 import yaml
 from packaging.requirements import Requirement
 
+from ray_jobs import cluster_config
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+def cluster(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cluster") / "cluster.yaml"
+    assert cluster_config.main(["--settings", str(cluster_config.EXAMPLE), "-o", str(out),
+                                "--no-file-checks"]) == 0
+    return yaml.safe_load(out.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +68,7 @@ def _locked() -> dict[str, str]:
 
 
 def test_installs_match_pyproject_and_the_lock(cluster, pyproject):
-    installs = [c for c in cluster["setup_commands"] if "pip install" in c and "--upgrade pip"
-                not in c]
+    installs = [c for c in cluster["setup_commands"] if "pip install" in c]
     assert installs and all('-c "$HOME/iicnet/constraints.txt"' in c for c in installs), \
         "every node installs through the lock"
     specs = _pip_installs(cluster)
@@ -90,6 +95,61 @@ def test_the_environment_that_submits_jobs_is_the_locked_one():
 
 
 def test_synced_tree_skips_local_state(cluster):
-    assert cluster["file_mounts"] == {"~/iicnet": "."}
-    for local in (".venv", ".iicnet", ".git"):
+    assert cluster["file_mounts"]["~/iicnet"] == "."
+    for local in (".venv", ".iicnet", ".git", "cluster/settings.yaml"):
         assert local in cluster["rsync_exclude"]
+
+
+def test_every_value_comes_from_the_settings_and_the_lock(cluster):
+    settings = yaml.safe_load(cluster_config.EXAMPLE.read_text())
+    text = yaml.safe_dump(cluster)
+    assert "${" not in text.replace("${IICNET", ""), "nothing left for a node's shell to expand"
+    assert cluster["provider"]["region"] == settings["region"]
+    images = {t["node_config"]["ImageId"] for t in cluster["available_node_types"].values()}
+    assert images == {settings["ami"]}
+    profiles = {name: t["node_config"]["IamInstanceProfile"]["Arn"]
+                for name, t in cluster["available_node_types"].items()}
+    assert profiles.pop("head") == settings["head_instance_profile_arn"]
+    assert set(profiles.values()) == {settings["worker_instance_profile_arn"]}
+    ray_version = cluster_config.locked_ray_version()
+    assert cluster["docker"]["worker_image"] == f"rayproject/ray:{ray_version}-py311-gpu"
+    assert f"'s3://{settings['bucket']}/mlflow'" in " ".join(cluster["head_setup_commands"])
+    assert f"'{settings['mlflow_database']}'" in " ".join(cluster["head_setup_commands"])
+    assert cluster["max_workers"] == sum(settings[n] for n in cluster_config.COUNTS)
+    spot = cluster["available_node_types"]["gpu_worker_spot"]["node_config"]
+    assert spot["InstanceMarketOptions"]["MarketType"] == "spot"
+    for name, spec in cluster["available_node_types"].items():
+        if name != "head":
+            assert spec["resources"]["CPU"] >= 4 * spec["resources"]["GPU"], \
+                f"{name}: CPUs for data loading beside each GPU"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"ami": "latest_dlami"}, "ami: 'latest_dlami' is not an image id"),
+    ({"bucket": "s3://my-iicnet"}, "bucket: 's3://my-iicnet' is not an S3 bucket name"),
+    ({"mlflow_database": "postgresql+psycopg2://mlflow:hunter2@db:5432/mlflow"},
+     "mlflow_database holds a password"),
+    ({"max_gpu_workers": -1}, "max_gpu_workers: -1 is not a count"),
+    ({"colour": "blue"}, "unknown setting 'colour'"),
+    ({"region": None}, "region: None is not an AWS region"),
+])
+def test_bad_settings_are_refused_by_name(tmp_path, capsys, change, message):
+    settings = yaml.safe_load(cluster_config.EXAMPLE.read_text())
+    settings.update(change)
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    out = tmp_path / "cluster.yaml"
+    assert cluster_config.main(["--settings", str(path), "-o", str(out),
+                                "--no-file-checks"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "hunter2" not in err
+    assert not out.exists()
+
+
+def test_a_missing_password_file_is_named(tmp_path, capsys):
+    settings = yaml.safe_load(cluster_config.EXAMPLE.read_text())
+    settings["pgpass_file"] = str(tmp_path / "nowhere")
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    assert cluster_config.main(["--settings", str(path), "-o", str(tmp_path / "c.yaml")]) == 2
+    assert f"pgpass_file: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
