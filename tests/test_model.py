@@ -105,7 +105,8 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     model = perturb(IICNet(cfg)).eval()
     images = _clip(cfg, 16)
     target = checkpoint.save(tmp_path / "ckpt", model, cfg)
-    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in target.iterdir()) == ["complete.json", "config.json",
+                                                        "model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp left"
     loaded, loaded_cfg = checkpoint.load(target)
     assert loaded_cfg == cfg
@@ -122,5 +123,8 @@ def test_checkpoint_load_errors_name_the_problem(tmp_path):
     checkpoint.save(tmp_path / "a", IICNet(cfg), cfg)
     other = cfg.override(["model.blocks=3"])
     (tmp_path / "a" / "config.json").write_text(other.to_json())
+    with pytest.raises(checkpoint.CheckpointError, match="config.json does not match its sha"):
+        checkpoint.load(tmp_path / "a")
+    checkpoint.seal(tmp_path / "a")
     with pytest.raises(checkpoint.CheckpointError, match="do not match"):
         checkpoint.load(tmp_path / "a")

@@ -92,7 +92,7 @@ def test_training_state_round_trip(tmp_path: Path):
         trainer.train_step(*batch(seed))
     trainer.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [checkpoint.WEIGHTS, checkpoint.CONFIG, OPTIMIZER, STATE])
+        [checkpoint.WEIGHTS, checkpoint.CONFIG, OPTIMIZER, STATE, checkpoint.MARKER])
     meta = json.loads((tmp_path / STATE).read_text())
     assert meta["step"] == 4 and meta["scheduler"]["last_epoch"] == 4
     model, loaded_cfg = checkpoint.load(tmp_path)  # a training checkpoint is a model too
@@ -123,6 +123,9 @@ def test_reading_a_state_names_the_missing_file(tmp_path: Path):
     (tmp_path / STATE).write_text(json.dumps({"format": "other"}))
     trainer.save(tmp_path)
     (tmp_path / STATE).write_text(json.dumps({"format": "other", "version": 1}))
+    with pytest.raises(StateError, match=f"{STATE} is 33 of [0-9]+ bytes"):
+        read_state(tmp_path)
+    checkpoint.seal(tmp_path)
     with pytest.raises(StateError, match="format 'other'"):
         read_state(tmp_path)
 

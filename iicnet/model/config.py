@@ -1,6 +1,7 @@
 """Typed configuration: one place that lists every knob.
 
-A config is five nested dataclasses (model, loss, optim, data, train), built from a mapping
+A config is six nested dataclasses (model, loss, optim, data, train, distortion), built from
+a mapping
 (:func:`from_dict`; YAML files are read by :mod:`iicnet.formats.config_file`).
 Every field is checked on load; a bad value raises :class:`ConfigError` naming the field
 (``model.blocks``) and what was wrong. A config fully determines a model: two models built
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +51,10 @@ class ModelConfig:
     """Run the K relation heads/tails as single grouped kernels (same weights, same result)."""
     memory_saving: bool = False
     """Recompute activations in the backward pass instead of storing them."""
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    """Colour order the weights expect. ``bgr`` only for an imported official model that no
+    weight permutation makes RGB (grayscale); :mod:`iicnet.convert` reverses the channels
+    around it, while ``IICNet`` itself takes the stack as is."""
 
 
 @dataclass
@@ -107,12 +113,28 @@ class TrainConfig:
 
 
 @dataclass
+class DistortionConfig:
+    """What the embedding goes through between the encoder and the inverse pass in training
+    (``off``: nothing; the published models). Encoding and decoding never distort."""
+
+    kind: Literal["off", "jpeg"] = "off"
+    """``jpeg``: a differentiable JPEG (``iicnet.model.modules.jpeg``) of the quantised
+    embedding, so the model learns to restore from a re-encoded PNG."""
+    quality: list[int] = field(default_factory=lambda: [50, 95])
+    """[low, high]: the JPEG quality of each training sample, drawn uniformly from low..high."""
+    rounding: Literal["ste", "cubic"] = "ste"
+    """How the DCT coefficients are rounded: straight-through (exact forward, identity
+    gradient) or the cubic approximation (smooth forward and gradient)."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distortion: DistortionConfig = field(default_factory=DistortionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -168,6 +190,8 @@ def _check_value(path: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         allowed = typing.get_args(hint)
+        if isinstance(value, bool) and ("on" if value else "off") in allowed:
+            value = "on" if value else "off"  # YAML 1.1 and parse_value read off/on as booleans
         if value not in allowed:
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, allowed))}")
         return value
@@ -192,7 +216,13 @@ def _check_value(path: str, value: Any, hint: Any) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond the float range
+            raise ConfigError(f"{path}: {_show(value)} is out of range") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        return value
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
@@ -216,8 +246,74 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     return cls(**values)
 
 
+MAX_PARAMETERS = 1 << 30
+"""Largest model a config may describe: 2**30 parameters, 4 GiB of float32 weights alone
+(the published design has about 6.8 million)."""
+
+UPPER = {
+    "model.num_images": 64, "model.image_channels": 16, "model.embed_channels": 16,
+    "model.blocks": 256, "model.nf": 4096, "model.growth": 4096, "model.clamp": 100.0,
+    "model.relation_residual_scale": 100.0,
+    "loss.lambda_emb": 1e6, "loss.lambda_freq": 1e6, "loss.lambda_res": 1e6,
+    "loss.charbonnier_eps": 1.0,
+    "optim.lr": 10.0, "optim.weight_decay": 1.0, "optim.grad_clip": 1e9,
+    "data.step": 10_000, "data.crop": 8192, "data.batch_size": 4096,
+    "data.shuffle_buffer": 1_000_000, "data.loader_workers": 256,
+    "train.steps": 10**10, "train.val_every": 10**10, "train.checkpoint_every": 10**10,
+    "train.log_every": 10**10, "train.seed": 2**63 - 1,
+}
+"""Inclusive upper bound of each numeric field. A field not named here (an integer or a list
+of integers) is bounded by :data:`DEFAULT_UPPER`, so no size is ever unbounded; a number
+beyond these is a typo or an attack, not an experiment."""
+DEFAULT_UPPER = 10**10
+
+
+def _check_bounds(cfg: Config) -> None:
+    """Every number finite (floats are checked as they are read) and at most its bound."""
+    for path, value in cfg.flat().items():
+        limit = UPPER.get(path, DEFAULT_UPPER)
+        for i, item in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                continue
+            where = f"{path}[{i}]" if isinstance(value, list) else path
+            if item > limit:
+                raise ConfigError(f"{where}: {_show(item)} exceeds the limit of {limit:g}")
+            if item < -DEFAULT_UPPER:
+                raise ConfigError(f"{where}: {_show(item)} is below the limit of "
+                                  f"{-DEFAULT_UPPER:g}")
+
+
+def _show(value: int | float) -> str:
+    """``repr`` of a number, short for a huge integer (whose decimal form Python may even
+    refuse to write)."""
+    if isinstance(value, int) and abs(value) > 10**30:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
+
+
+def _dense_parameters(c_in: int, c_out: int, growth: int) -> int:
+    """Weights and biases of a 5-convolution 3x3 dense block (``modules/dense_block.py``)."""
+    hidden = sum(((c_in + i * growth) * 9 + 1) * growth for i in range(4))
+    return hidden + ((c_in + 4 * growth) * 9 + 1) * c_out
+
+
+def parameter_count(m: ModelConfig) -> int:
+    """The number of parameters ``IICNet`` builds for ``m``, computed without building it
+    (so a config can be refused before any memory is allocated)."""
+    k, c, nf, g = m.num_images, m.image_channels, m.nf, m.growth
+    relation = (k * (_dense_parameters(c, nf, g) + _dense_parameters(nf, c, g))
+                + k * 2 * (nf * nf + nf) + k * (k * nf * 9 * nf + nf))
+    channels = k * c * (4 if m.downscale != "none" else 1)
+    split = split_point(m)
+    block = (_dense_parameters(channels - split, split, g)
+             + 2 * _dense_parameters(split, channels - split, g))
+    downscale = channels * channels if m.downscale != "none" else 0
+    return 2 * relation + m.blocks * block + downscale
+
+
 def _validate(cfg: Config) -> None:
     m, lo, o, d, t = cfg.model, cfg.loss, cfg.optim, cfg.data, cfg.train
+    _check_bounds(cfg)
     positive = {
         "model.num_images": m.num_images, "model.image_channels": m.image_channels,
         "model.embed_channels": m.embed_channels, "model.blocks": m.blocks, "model.nf": m.nf,
@@ -265,6 +361,18 @@ def _validate(cfg: Config) -> None:
     factor = 2 if m.downscale != "none" else 1
     if d.crop % factor:
         raise ConfigError(f"data.crop: {d.crop} is not a multiple of the downscaling factor 2")
+    if t.seed < 0:
+        raise ConfigError(f"train.seed: must not be negative, got {t.seed!r}")
+    if len(o.milestones) > 10_000:
+        raise ConfigError(f"optim.milestones: {len(o.milestones)} milestones exceed the limit "
+                          "of 10000")
+    params = parameter_count(m)
+    if params > MAX_PARAMETERS:
+        raise ConfigError(
+            f"model: {params:,} parameters ({params * 4 / 2**30:.1f} GiB of float32 weights) "
+            f"exceed the limit of {MAX_PARAMETERS:,} (model.nf={m.nf}, model.growth="
+            f"{m.growth}, model.blocks={m.blocks}, model.num_images={m.num_images}, "
+            f"model.image_channels={m.image_channels})")
 
 
 def split_point(m: ModelConfig) -> int:
@@ -274,6 +382,17 @@ def split_point(m: ModelConfig) -> int:
     if m.order == "ref":
         return m.embed_channels * 4
     return m.num_images * m.image_channels
+
+
+def _validate_distortion(cfg: Config) -> None:
+    dist, m = cfg.distortion, cfg.model
+    q = dist.quality
+    if len(q) != 2 or not 1 <= q[0] <= q[1] <= 100:
+        raise ConfigError(f"distortion.quality: expected [low, high] with 1 <= low <= high <= "
+                          f"100, got {q!r}")
+    if dist.kind == "jpeg" and m.embed_channels not in (1, 3):
+        raise ConfigError(f"distortion.kind: jpeg codes 1- or 3-channel images, but "
+                          f"model.embed_channels is {m.embed_channels}")
 
 
 def from_dict(raw: Any, source: str = "config") -> Config:
@@ -293,4 +412,5 @@ def from_dict(raw: Any, source: str = "config") -> Config:
     }
     cfg = Config(**sections)
     _validate(cfg)
+    _validate_distortion(cfg)
     return cfg

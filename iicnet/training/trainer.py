@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from iicnet.formats import checkpoint
@@ -55,8 +55,9 @@ class TrainingDiverged(RuntimeError):
     """The loss kept exploding after every allowed rollback."""
 
 
-class StateError(RuntimeError):
-    """A training checkpoint is missing a file or does not fit the trainer loading it."""
+class StateError(checkpoint.CheckpointError):
+    """A training checkpoint is missing a file, is incomplete or damaged, or does not fit the
+    trainer loading it."""
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Adam:
@@ -266,8 +267,20 @@ class Trainer:
         return TrainingState(model, tensors, meta)
 
     def restore(self, state: TrainingState) -> None:
-        """Put the trainer back into ``state`` (from :meth:`capture` or :meth:`load`)."""
-        missing, unexpected = self.model.load_state_dict(state.model, strict=False)
+        """Put the trainer back into ``state`` (from :meth:`capture` or :meth:`load`);
+        StateError when it does not fit this trainer."""
+        try:
+            self._restore(state)
+        except StateError:
+            raise
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StateError(f"the training state does not fit this trainer ({exc})") from None
+
+    def _restore(self, state: TrainingState) -> None:
+        try:
+            missing, unexpected = self.model.load_state_dict(state.model, strict=False)
+        except RuntimeError as exc:
+            raise StateError(f"weights do not fit this model ({exc})") from None
         if missing or unexpected:
             raise StateError(f"weights do not fit this model (missing: {missing[:3]}, "
                              f"unexpected: {unexpected[:3]})")
@@ -303,6 +316,8 @@ class Trainer:
         save_file(state.optimizer_tensors, str(directory / OPTIMIZER),
                   metadata={"format": STATE_FORMAT})
         (directory / STATE).write_text(json.dumps(state.meta, indent=1))
+        # Last: Ray copies the folder itself, and this marker is what proves a copy whole.
+        checkpoint.seal(directory)
         self.last_good = state
         return state
 
@@ -327,14 +342,20 @@ def read_state(directory: str | Path, device: torch.device | str = "cpu") -> Tra
         if not (directory / name).is_file():
             raise StateError(f"{directory}: no {name}; not an IICNet training checkpoint")
     try:
-        meta = json.loads((directory / STATE).read_text())
-    except json.JSONDecodeError as exc:
-        raise StateError(f"{directory / STATE}: not valid JSON ({exc})") from exc
-    if meta.get("format") != STATE_FORMAT or meta.get("version") != STATE_VERSION:
-        raise StateError(f"{directory / STATE}: format {meta.get('format')!r} version "
-                         f"{meta.get('version')!r}, expected {STATE_FORMAT!r} {STATE_VERSION}")
-    return TrainingState(load_file(str(directory / checkpoint.WEIGHTS), device=str(device)),
-                         load_file(str(directory / OPTIMIZER), device=str(device)), meta)
+        checkpoint.verify(directory)
+        meta = checkpoint.read_json(directory / STATE)
+        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT \
+                or meta.get("version") != STATE_VERSION:
+            found = meta if isinstance(meta, dict) else {}
+            raise StateError(f"{directory / STATE}: format {found.get('format')!r} version "
+                             f"{found.get('version')!r}, expected {STATE_FORMAT!r} "
+                             f"{STATE_VERSION}")
+        return TrainingState(checkpoint.load_tensors(directory / checkpoint.WEIGHTS, device),
+                             checkpoint.load_tensors(directory / OPTIMIZER, device), meta)
+    except StateError:
+        raise
+    except checkpoint.CheckpointError as exc:
+        raise StateError(str(exc)) from None
 
 
 def _jsonable(group: dict[str, Any]) -> dict[str, Any]:
