@@ -13,7 +13,13 @@ import torch
 
 import iicnet
 from iicnet.app.api import load_model
-from iicnet.convert import Converter, MismatchError, ModelSource, tile_bounds
+from iicnet.convert import (
+    Converter,
+    MismatchError,
+    ModelSource,
+    UncheckedEmbedding,
+    tile_bounds,
+)
 from iicnet.formats import checkpoint, embedding_png
 from iicnet.formats.config_file import load as load_config
 from iicnet.formats.embedding_png import EmbeddingFileError, LossyEmbeddingError
@@ -157,7 +163,10 @@ def test_lossy_and_foreign_files(conv: Converter, tmp_path: Path):
         conv.restore(embedding_png.encode(pixels, info))
     plain = tmp_path / "plain.png"
     Image.fromarray(pixels).save(plain)
-    with pytest.raises(EmbeddingFileError, match="no iicnet metadata"):
+    with pytest.warns(UncheckedEmbedding, match="could not be checked"):
+        assert len(conv.restore(plain)) == 3
+    Image.fromarray(pixels[..., :1].repeat(2, axis=2).mean(2).astype(np.uint8)).save(plain)
+    with pytest.raises(InputError, match="a grey image, but .* makes 3-channel embeddings"):
         conv.restore(plain)
     with pytest.raises(EmbeddingFileError, match="no such file"):
         conv.restore(tmp_path / "missing.png")

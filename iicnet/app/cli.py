@@ -4,6 +4,8 @@
   iicnet restore --model MODEL emb.png -o DIR [--video out.mp4]
   iicnet eval    --model MODEL --data SHARDS [--json]
   iicnet info    MODEL
+  iicnet import-official CHECKPOINT.pth [--config C.yaml] [--set K=V ...] -o DIR
+                 [--register NAME [--alias ALIAS]]
 
 MODEL is models:/<name>@<alias> or models:/<name>/<version> (the MLflow registry at
 MLFLOW_TRACKING_URI), runs:/<run_id>/model, or a local checkpoint directory (info also takes
@@ -101,7 +103,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.video is not None and args.video.suffix.lower() != ".mp4":
         raise UserError(f"--video {args.video}: write an .mp4 file")
     conv = _converter(args)
-    pixels, info = conv.read_embedding(args.embedding, allow_lossy=args.allow_lossy)
+    pixels, info = _read_embedding(conv, args)
     if args.allow_lossy:
         _warn(f"{args.embedding}: restoring a lossy or altered embedding; expect a large "
               "drop in quality")
@@ -121,6 +123,88 @@ def cmd_restore(args: argparse.Namespace) -> int:
             imagefiles.write_video(tmp, images, fps)
         print(f"{args.video}: {len(images)} frames at {fps:g} fps")
     return 0
+
+
+def _read_embedding(conv, args: argparse.Namespace):
+    """The embedding's pixels and metadata; a plain PNG (no iicnet metadata) is restored
+    after one line saying it could not be checked against the model."""
+    import warnings
+
+    from iicnet.convert import UncheckedEmbedding
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UncheckedEmbedding)
+        found = conv.read_embedding(args.embedding, allow_lossy=args.allow_lossy)
+    for warning in caught:
+        if issubclass(warning.category, UncheckedEmbedding):
+            _warn(str(warning.message))
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename,
+                                 warning.lineno)
+    return found
+
+
+# -- import-official -------------------------------------------------------------------
+
+def cmd_import_official(args: argparse.Namespace) -> int:
+    from iicnet.formats import checkpoint, official
+    from iicnet.storage.atomic import publishing
+
+    source, out = Path(args.checkpoint), Path(args.output)
+    if args.alias and not args.register:
+        raise UserError("--alias names a version of the model that --register NAME creates; "
+                        "give --register too")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out}: a file; give a folder for the checkpoint")
+    if source.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"-o {out}: holds {source}, which writing the checkpoint would "
+                        "replace; give another folder")
+    config = config_file.load(args.config) if args.config else None
+    try:
+        imported = official.import_checkpoint(source, config, args.set or [])
+    except official.OfficialFormatError as exc:
+        raise UserError(str(exc)) from exc
+    cfg, m = imported.config, imported.config.model
+    label = f"configs/{imported.published}.yaml" if imported.published else "no published config"
+    down = "none" if m.downscale == "none" else f"{m.downscale}, order {m.order}"
+    print(f"{source}: official IICNet checkpoint (sha256 {imported.sha256})")
+    print(f"  model: task {cfg.data.task}, K={m.num_images}, {m.blocks} coupling blocks, "
+          f"downscaling {down}, {m.embed_channels} embedding channel(s), nf {m.nf}, "
+          f"growth {m.growth} ({label})")
+    print(f"  {imported.fit}")
+    print("  colour: " + ("weights permuted so the model takes and gives RGB"
+                          if imported.colour == "permuted" else
+                          "official BGR weights kept, model.channel_order bgr"))
+    for note in imported.notes:
+        print(f"  note: {note}")
+    tags = {"source": f"imported from the official checkpoint {imported.sha256}",
+            "official_file": source.name, "official_sha256": imported.sha256,
+            "published_config": imported.published or "", "colour": imported.colour}
+    with publishing(out) as tmp:
+        checkpoint.save(tmp, imported.model, cfg)
+        if args.register:
+            registered = _register_import(tmp, cfg, args, tags, source)
+    print(f"{out}: checkpoint written (model.safetensors + config.json); use --model {out}")
+    if args.register:
+        print(f"registered models:/{args.register}@{registered[2]} (version {registered[1]}, "
+              f"MLflow run {registered[0]})")
+    return 0
+
+
+def _register_import(directory: Path, cfg, args: argparse.Namespace, tags: dict[str, str],
+                     source: Path) -> tuple[str, str, str]:
+    from iicnet import registry
+    from iicnet.registry.models import register_import
+
+    uri = registry.tracking_uri()
+    alias = args.alias or registry.DEFAULT_ALIAS
+    run_name = f"official-{source.stem}-{tags['official_sha256'][:12]}"
+    try:
+        run_id, version = register_import(uri, directory, cfg, args.register, alias=alias,
+                                          run_name=run_name, tags=tags)
+    except registry.TrackingError as exc:
+        raise UserError(str(exc)) from exc
+    return run_id, version, alias
 
 
 # -- eval ------------------------------------------------------------------------------
@@ -266,6 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="a model URI, a checkpoint directory or a config YAML")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
+
+    imp = sub.add_parser("import-official",
+                         help="the authors' released checkpoint (.pth) -> our checkpoint",
+                         description="Read a checkpoint saved by the official IICNet code "
+                                     "(weights only; nothing in it runs), check every key "
+                                     "and shape, and write it as our checkpoint.")
+    imp.add_argument("checkpoint", help="the official .pth file (state dict, legacy or zip, "
+                                        "with or without module. prefixes)")
+    imp.add_argument("--config", type=Path, help="hold it to this config (default: inferred "
+                                                 "from the tensors)")
+    imp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a config field (repeatable), e.g. data.task=hiding")
+    imp.add_argument("-o", "--output", required=True, help="the checkpoint folder to write")
+    imp.add_argument("--register", metavar="NAME",
+                     help="also log it to MLflow (MLFLOW_TRACKING_URI) and register it as NAME")
+    imp.add_argument("--alias", help="alias of the registered version (default "
+                                     "candidate)")
+    imp.set_defaults(func=cmd_import_official)
     return parser
 
 

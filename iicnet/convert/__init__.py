@@ -1,8 +1,14 @@
 """Embedding and restoring with a loaded model: the tile grid, input checks, the PNG's
 metadata, and serving requests. Knows nothing of where the model came from."""
 
-from iicnet.convert.converter import Converter, MismatchError, ModelSource, weights_fingerprint
+from iicnet.convert.converter import (
+    Converter,
+    MismatchError,
+    ModelSource,
+    UncheckedEmbedding,
+    weights_fingerprint,
+)
 from iicnet.convert.tiling import DEFAULT_TILE, MIN_TILE, progress_bar, tile_bounds
 
 __all__ = ["DEFAULT_TILE", "MIN_TILE", "Converter", "MismatchError", "ModelSource",
-           "progress_bar", "tile_bounds", "weights_fingerprint"]
+           "UncheckedEmbedding", "progress_bar", "tile_bounds", "weights_fingerprint"]

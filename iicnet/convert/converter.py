@@ -46,6 +46,11 @@ class MismatchError(EmbeddingFileError):
     """An embedding was made by another model than the one asked to restore it."""
 
 
+class UncheckedEmbedding(UserWarning):
+    """An embedding without iicnet metadata (a plain PNG, e.g. from the authors' official
+    code) is restored without checking that this model made it."""
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model came from, for messages and the embedding's provenance."""
@@ -122,8 +127,9 @@ class Converter:
         out = torch.empty((self.config.model.embed_channels, rows[-1] // s, cols[-1] // s),
                           dtype=torch.uint8)
         for (r0, r1), (c0, c1) in self._grid(rows, cols, "embedding"):
-            tile = x[:, :, r0:r1, c0:c1][None].to(self.device)
-            out[:, r0 // s:r1 // s, c0 // s:c1 // s] = self.model.encode(tile)[0].cpu()
+            tile = self._colour(x[:, :, r0:r1, c0:c1][None].to(self.device), 2)
+            embedding = self._colour(self.model.encode(tile), 1)
+            out[:, r0 // s:r1 // s, c0 // s:c1 // s] = embedding[0].cpu()
         return out
 
     def decode_stack(self, e: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
@@ -132,9 +138,16 @@ class Converter:
         out = torch.empty((self.num_images, self.config.model.image_channels, rows[-1],
                            cols[-1]), dtype=torch.uint8)
         for (r0, r1), (c0, c1) in self._grid(rows, cols, "restoring"):
-            tile = e[:, r0 // s:r1 // s, c0 // s:c1 // s][None].to(self.device)
-            out[:, :, r0:r1, c0:c1] = self.model.decode(tile)[0].cpu()
+            tile = self._colour(e[:, r0 // s:r1 // s, c0 // s:c1 // s][None].to(self.device), 1)
+            out[:, :, r0:r1, c0:c1] = self._colour(self.model.decode(tile), 2)[0].cpu()
         return out
+
+    def _colour(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """RGB <-> BGR along ``dim`` for a model with ``channel_order: bgr`` (an imported
+        official model; see :mod:`iicnet.formats.official`); 1-channel tensors stay."""
+        if self.config.model.channel_order != "bgr" or t.shape[dim] != 3:
+            return t
+        return t.flip(dim)
 
     def _grid(self, rows: list[int], cols: list[int], desc: str
               ) -> Iterable[tuple[tuple[int, int], tuple[int, int]]]:
@@ -243,15 +256,38 @@ class Converter:
             where = str(embedding)
             pixels, info = embedding_png.read(embedding, allow_lossy=allow_lossy)
         if info is None:
-            pixels = self._match_channels(pixels, where)
+            plain = not allow_lossy and not isinstance(embedding, np.ndarray)
+            pixels = self._match_channels(pixels, where, strict=plain)
             info = self.default_info(pixels)
+            if plain:
+                self._warn_unchecked(info, where)
         self.check_info(info, where)
         return pixels, info
 
-    def _match_channels(self, pixels: np.ndarray, where: str) -> np.ndarray:
+    def _warn_unchecked(self, info: EmbeddingInfo, where: str) -> None:
+        import warnings
+
+        height, width = info.size
+        tiles = (len(info.tile_rows) - 1) * (len(info.tile_cols) - 1)
+        grid = (f" on a grid of {tiles} tiles (--tile 0 restores it in one piece, as the "
+                "official code makes embeddings)" if tiles > 1 else "")
+        warnings.warn(UncheckedEmbedding(
+            f"{where}: no iicnet metadata, so it could not be checked against "
+            f"{self.describe()}; restoring it as {self.num_images} images of "
+            f"{width}x{height}{grid}"), stacklevel=3)
+
+    def _match_channels(self, pixels: np.ndarray, where: str, strict: bool = False
+                        ) -> np.ndarray:
+        """Pixels with this model's embedding channels. ``strict`` (a plain PNG): a channel
+        count other than the model's is an error; else grey and RGB are converted."""
         want = self.config.model.embed_channels
         if pixels.shape[2] == want:
             return pixels
+        if strict:
+            kind = {1: "grey", 3: "RGB"}.get(pixels.shape[2], f"{pixels.shape[2]}-channel")
+            raise InputError(f"{where}: a {kind} image, but {self.describe()} makes "
+                             f"{want}-channel embeddings ({'grey' if want == 1 else 'RGB'}); "
+                             "is it the embedding of another model?")
         if want == 1 and pixels.shape[2] == 3:
             luma = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
             return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]

@@ -162,10 +162,13 @@ def decode(data: bytes, where: str, *, allow_lossy: bool = False
            ) -> tuple[np.ndarray, EmbeddingInfo | None]:
     """``(H, W, C_e)`` uint8 pixels and the metadata of an embedding file's bytes.
 
-    Raises :class:`LossyEmbeddingError` for a JPEG (or another non-PNG format) and for a PNG
-    whose pixels no longer match their recorded digest, unless ``allow_lossy``; then the
-    metadata of a non-PNG is None (it carries none) and the caller must assume a geometry.
-    Raises :class:`EmbeddingFileError` for anything else that is not an embedding.
+    The metadata is None for a plain PNG without iicnet text chunks (an embedding saved by
+    the authors' official code, or one whose chunks a program dropped): its pixels are
+    returned as stored, grey or RGB, and the caller must assume a geometry and cannot check
+    the model. Raises :class:`LossyEmbeddingError` for a JPEG (or another non-PNG format)
+    and for a PNG whose pixels no longer match their recorded digest, unless
+    ``allow_lossy``; then the metadata of a non-PNG is None too. Raises
+    :class:`EmbeddingFileError` for anything else that is not an embedding.
     """
     try:
         image = open_image(data)
@@ -181,6 +184,8 @@ def decode(data: bytes, where: str, *, allow_lossy: bool = False
             )
         mode = "L" if image.mode in ("L", "LA", "I", "I;16") else "RGB"
         return _pixels(image.convert(mode)), None
+    if not any(key.startswith(PREFIX) for key in image.text):
+        return _plain_pixels(image, where), None
     info = _parse_info(dict(image.text), where)
     mode = "L" if info.embed_channels == 1 else "RGB"
     pixels = _pixels(image.convert(mode) if image.mode != mode else image)
@@ -196,6 +201,19 @@ def decode(data: bytes, where: str, *, allow_lossy: bool = False
             "--allow-lossy (Python: allow_lossy=True) to restore anyway"
         )
     return pixels, info
+
+
+_PLAIN_MODES = {"1": "L", "L": "L", "P": "RGB", "RGB": "RGB"}
+"""PNG modes a plain embedding may have (8-bit grey or colour, a palette or bilevel image
+being the same pixels stored smaller), and what they are read as."""
+
+
+def _plain_pixels(image: Image.Image, where: str) -> np.ndarray:
+    mode = _PLAIN_MODES.get(image.mode)
+    if mode is None:
+        raise EmbeddingFileError(f"{where}: a {image.mode} PNG without iicnet metadata; an "
+                                 "embedding is an 8-bit grey or RGB image (no alpha, no 16-bit)")
+    return _pixels(image.convert(mode) if image.mode != mode else image)
 
 
 def _pixels(image: Image.Image) -> np.ndarray:

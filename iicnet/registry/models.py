@@ -343,3 +343,23 @@ def registered_version(source: str, uri: str | None = None) -> tuple[str, str]:
     except MlflowException as exc:
         raise TrackingError(f"{source}: cannot resolve the alias at {redact(uri)} "
                             f"({exc.message})") from exc
+
+
+def register_import(uri: str, directory: str | Path, config: Config, name: str, *,
+                    alias: str = DEFAULT_ALIAS, run_name: str,
+                    tags: dict[str, str]) -> tuple[str, str]:
+    """Log an imported checkpoint ``directory`` (weights made elsewhere, e.g. the authors'
+    released models) as an MLflow run of its own, with ``config`` as params and ``tags`` as
+    provenance on the run and on the new version of ``name`` that ``alias`` then names.
+    Returns ``(run_id, version)``; a failure marks the run FAILED."""
+    check_tracking(uri)
+    run_id = start_run(uri, model_name(config.data.task), run_name, config, tags=tags)
+    tracker = Tracker(uri, run_id)
+    try:
+        version = register(uri, log_model(uri, run_id, directory), name, alias=alias,
+                           tags=tags)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+    return run_id, version
