@@ -13,6 +13,7 @@ from iicnet.model.modules import (
     ChannelSqueeze,
     CouplingStack,
     InvertibleDownscale,
+    JpegDistortion,
     RelationModule,
     quantize,
 )
@@ -28,7 +29,8 @@ class Output:
     quantized: torch.Tensor
     """(B, C_e, H/s, W/s), noise-quantised in training, rounded in evaluation."""
     restored: torch.Tensor
-    """(B, K, C, H, W), restored from ``quantized``."""
+    """(B, K, C, H, W), restored from ``quantized`` (in training, after the distortion stage
+    when the config has one)."""
 
 
 class IICNet(nn.Module):
@@ -60,6 +62,9 @@ class IICNet(nn.Module):
                                       m.memory_saving)
         self.squeeze = ChannelSqueeze(channels, m.embed_channels)
         self.inverse_relation = relation()
+        dist = config.distortion if isinstance(config, Config) else None
+        self.distortion = (JpegDistortion(*dist.quality, dist.rounding)
+                           if dist is not None and dist.kind == "jpeg" else None)
 
     def set_fused(self, fused: bool) -> IICNet:
         """Switch between the fused and the straightforward formulation (same weights)."""
@@ -111,7 +116,10 @@ class IICNet(nn.Module):
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Output:
         embedding = self.embed(x)
         quantized = quantize(embedding, training=self.training, generator=generator)
-        return Output(embedding, quantized, self.restore(quantized))
+        received = quantized
+        if self.training and self.distortion is not None:
+            received = self.distortion(quantized, generator)
+        return Output(embedding, quantized, self.restore(received))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
