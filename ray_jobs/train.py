@@ -26,8 +26,18 @@ across ranks) and rank 0 logs the scores and a PNG grid; every ``train.checkpoin
 steps (and at the end) a training checkpoint goes through ``ray.train.report`` into
 ``<storage>/<run name>/``. A worker that dies restarts the worker group from the latest
 checkpoint (``--max-failures`` times), continuing the step count; ``--resume NAME``
-continues an earlier run the same way. A loss that is not finite or spikes rolls back to the
+continues an earlier run the same way; a checkpoint that is incomplete (``complete.json``,
+written last, is missing or does not match) is skipped for the newest complete one, named in
+the log. ``--resume`` of a run that finished does nothing and says so; of a run whose driver
+still runs on this host it is refused. After a restart, steps already logged are not logged
+again. A loss that is not finite or spikes rolls back to the
 last checkpoint with half the learning rate, logged as an event.
+
+The driver's death stops the workers: rank 0 checks before every step that the driver
+process (on this host) lives, all ranks agree, stop together and the MLflow run is marked
+KILLED. Under ``ray job submit`` the driver runs on the head and Ray's job-exit handling
+stops the workers instead. Training that fails once the ``--max-failures`` restarts are used
+up exits with status 2, one line saying why and how to resume.
 
 Fault injection for tests: ``IICNET_FAULT_AT_STEP=N`` kills the last rank's process (SIGKILL)
 when it reaches step N, once: the file named by ``IICNET_FAULT_MARKER`` records that it
@@ -37,10 +47,12 @@ happened.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -52,14 +64,18 @@ from iicnet.storage.arrow import ray_storage
 from ray_jobs import common
 
 DEFAULT_CONFIG = common.REPO / "configs" / "video-k3-small.yaml"
+DRIVER_TAG = "iicnet.driver"
+"""Run tag: the driver's host, pid and start time, so workers and a later --resume can tell
+whether it still lives."""
 log = logging.getLogger("iicnet.train")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="ray_jobs/train.py", description=__doc__.split("\n\n")[0],
-        epilog="Exit status: 0 trained and registered, 1 training failed, 2 bad arguments "
-               "or an unreachable service.")
+        epilog="Exit status: 0 trained and registered (or, with --resume, already "
+               "finished), 2 bad arguments, an unreachable service, or training that failed "
+               "(the message says how to resume).")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="YAML config (default: configs/video-k3-small.yaml)")
     parser.add_argument("--data", help="training shards: a directory or s3://bucket/prefix "
@@ -109,6 +125,79 @@ def run_exists(storage_path: str, filesystem: Any, name: str) -> bool:
     return filesystem.get_file_info(f"{storage_path}/{name}").type != fs.FileType.NotFound
 
 
+def previous_run(uri: str, experiment: str, name: str
+                 ) -> tuple[str, str, dict[str, str]] | None:
+    """``(run id, status, tags)`` of the MLflow run of training run ``name``; None if none."""
+    from iicnet import registry
+
+    runs = registry.find_runs(uri, experiment, {registry.RUN_NAME_TAG: name})
+    if not runs:
+        return None
+    run_id = sorted(runs)[0]
+    return run_id, registry.Tracker(uri, run_id).status(), runs[run_id]
+
+
+def driver_identity() -> dict[str, Any]:
+    """This process as workers can recognise it: host, pid and (on Linux) its start time,
+    so a later process that reuses the pid is not mistaken for it."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid())}
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def driver_alive(driver: dict[str, Any]) -> bool | None:
+    """Whether the driver process is alive; None when it runs on another host (Ray's own
+    job-exit handling is what stops the workers then)."""
+    if not driver or driver.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(int(driver["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    start = driver.get("start")
+    return start is None or process_start(int(driver["pid"])) == start
+
+
+def live_driver(status: str, tags: dict[str, str]) -> str | None:
+    """A description of a run's driver when the run is RUNNING and its driver, on this host,
+    still lives; None otherwise (a driver on another host cannot be checked from here)."""
+    if status != "RUNNING":
+        return None
+    try:
+        driver = json.loads(tags.get(DRIVER_TAG) or "{}")
+    except ValueError:
+        return None
+    if driver_alive(driver):
+        return f"its driver, pid {driver['pid']} on {driver['host']}, is running"
+    return None
+
+
+def failure_summary(error: BaseException | None) -> str:
+    """One line for a failed ``fit()``: the first worker's error, not Ray's tracebacks."""
+    if error is None:
+        return "no checkpoint was reported"
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        rank, cause = sorted(failures.items())[0]
+        return f"rank {rank}: {failure_summary(cause)}"
+    cause = getattr(error, "cause", None) or error.__cause__
+    if cause is not None and cause is not error and not str(error).strip():
+        return failure_summary(cause)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    last = lines[-1] if lines else "no message"
+    kind = type(error).__name__
+    return last if last.startswith(f"{kind}: ") else f"{kind}: {last}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from iicnet import registry
     from iicnet.model.config import ConfigError
@@ -154,6 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         if not run_exists(storage_path, filesystem, name):
             return common.fail(f"--resume {name}: no run of that name in "
                                f"{args.storage or storage_path}")
+        previous = previous_run(uri, experiment, name)
+        if previous is not None and previous[1] == "FINISHED":
+            print(f"run {name} has already finished (MLflow run {previous[0]}); nothing to "
+                  "resume: no training, nothing registered", flush=True)
+            return 0
+        live = previous and live_driver(previous[1], previous[2])
+        if live:
+            return common.fail(f"--resume {name}: the run is still live ({live}); stop it "
+                               "first, two worker groups must never share its storage")
     else:
         name = args.name or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     run_id = registry.start_run(
@@ -161,23 +259,31 @@ def main(argv: list[str] | None = None) -> int:
         tags={"data": data, "val_data": val_data, "num_workers": str(args.num_workers),
               "device": "gpu" if args.gpu else "cpu",
               "storage": args.storage or storage_path})
+    registry.Tracker(uri, run_id).tags({DRIVER_TAG: json.dumps(driver_identity())})
     print(f"run {name}: {cfg.data.task} task, {args.num_workers} worker(s) on "
           f"{'GPU' if args.gpu else 'CPU'}, {cfg.train.steps} steps; MLflow run {run_id} at "
           f"{registry.redact(uri)}", flush=True)
 
     tracker = registry.Tracker(uri, run_id)
+    hint = f"resume from the latest checkpoint with --resume {name}" + (
+        f" --storage {args.storage}" if args.storage else "")
     try:
-        result = fit(cfg, name=name, data=data, val_data=val_data, uri=uri, run_id=run_id,
-                     num_workers=args.num_workers, use_gpu=args.gpu, storage_path=storage_path,
-                     filesystem=filesystem, max_failures=args.max_failures)
+        try:
+            result = fit(cfg, name=name, data=data, val_data=val_data, uri=uri, run_id=run_id,
+                         num_workers=args.num_workers, use_gpu=args.gpu,
+                         storage_path=storage_path, filesystem=filesystem,
+                         max_failures=args.max_failures)
+        except Exception as exc:  # Train V2 raises once the restarts are used up
+            tracker.finish("FAILED")
+            return common.fail(f"training failed after {args.max_failures} restart(s): "
+                               f"{failure_summary(exc)}\n{hint}")
         if result.error is not None or result.checkpoint is None:
             tracker.finish("FAILED")
-            print(f"error: training failed: {result.error}\nresume from the latest checkpoint "
-                  f"with --resume {name}", file=sys.stderr, flush=True)
-            return 1
+            return common.fail(f"training failed: {failure_summary(result.error)}\n{hint}")
         summary = register(cfg, result, uri, run_id)
     except BaseException:
-        tracker.finish("FAILED")
+        tracker.finish("KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt)
+                       else "FAILED")
         raise
     tracker.finish()
     report(summary, uri, name, result.path)
@@ -211,7 +317,8 @@ def make_trainer(cfg, *, data: str, val_data: str, uri: str, run_id: str, thread
     return TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "data": data, "val_data": val_data,
-                           "tracking_uri": uri, "run_id": run_id, "threads": threads},
+                           "tracking_uri": uri, "run_id": run_id, "threads": threads,
+                           "driver": driver_identity()},
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -261,17 +368,22 @@ def train_loop(job: dict[str, Any]) -> None:
     if job["threads"]:
         torch.set_num_threads(job["threads"])
     trainer = Trainer(cfg, ray.train.torch.get_device())
-    latest = ray.train.get_checkpoint()
-    if latest is not None:
-        with latest.as_directory() as directory:
-            trainer.load(directory)
-    start = trainer.step
-    trainer.wrap(lambda model: ray.train.torch.prepare_model(model, move_to_device=False))
     tracker = registry.Tracker(job["tracking_uri"], job["run_id"]) if rank == 0 else None
     if tracker:
         console_log()
+    if driver_gone(job, tracker):
+        return
+    latest = ray.train.get_checkpoint()
+    if latest is not None:
+        resume_from(trainer, latest, rank)
+    start = trainer.step
+    trainer.wrap(lambda model: ray.train.torch.prepare_model(model, move_to_device=False))
+    # After a restart, steps up to the failure were logged already: each step is logged once.
+    logged = {"train": 0, "val": 0}
     if tracker and start:
         log.info("resumed from the checkpoint at step %d", start)
+        logged = {"train": tracker.last_step("loss/total"),
+                  "val": tracker.last_step("val/restored_psnr")}
         tracker.metrics({"train/resumed_from": start}, step=start)
 
     # A fresh draw of shards and crops after each restart instead of replaying the first.
@@ -283,6 +395,8 @@ def train_loop(job: dict[str, Any]) -> None:
     t, steps = cfg.train, cfg.train.steps
     loop_began = time.perf_counter()
     while trainer.step < steps:
+        if driver_gone(job, tracker):
+            return
         inject_fault(trainer.step, rank, world)
         began = time.perf_counter()
         images, reference = next(batches)
@@ -309,7 +423,8 @@ def train_loop(job: dict[str, Any]) -> None:
                        "samples_per_s": meter.steps * cfg.data.batch_size * world / meter.busy,
                        "data_wait_fraction": float(timing[0] / timing[1])}
             if tracker:
-                tracker.metrics(metrics, step)
+                if step > logged["train"]:
+                    tracker.metrics(metrics, step)
                 left = (time.perf_counter() - loop_began) / (step - start) * (steps - step)
                 log.info("step %d/%d loss %.1f lr %.3g %.1f samples/s, data wait %.0f%%, "
                          "about %.1f min left", step, steps, metrics["loss/total"], result.lr,
@@ -321,7 +436,7 @@ def train_loop(job: dict[str, Any]) -> None:
             val = trainer.validate(make_loader(job["val_data"], val_cfg, split="val",
                                                train=False, rank=rank, world_size=world))
             scores = val.means()
-            if tracker:
+            if tracker and step > logged["val"]:
                 tracker.metrics(scores, step)
                 if val.example is not None:
                     tracker.image(image_grid(**val.example), f"validation/step-{step:08d}.png")
@@ -329,6 +444,67 @@ def train_loop(job: dict[str, Any]) -> None:
                          ", ".join(f"{k[4:]} {v:.3f}" for k, v in scores.items()))
         if step % t.checkpoint_every == 0 or final:
             save_and_report(trainer, rank, {"step": step, **result.losses, **scores})
+
+
+def driver_gone(job: dict[str, Any], tracker) -> bool:
+    """Whether the job's driver died (checked by rank 0, agreed by all ranks, so they all
+    stop at the same step); rank 0 then marks the MLflow run KILLED.
+
+    A driver killed with SIGKILL cannot stop its trainer, and Ray keeps a local cluster's
+    workers training; they stop here instead, before the next step (and never write another
+    checkpoint or log line). Only a driver on this host can be checked; on a cluster, Ray's
+    job-exit handling stops the workers of a job whose driver died.
+    """
+    import torch
+
+    from iicnet.training import all_reduce_sum
+
+    dead = tracker is not None and driver_alive(job.get("driver") or {}) is False
+    if not bool(all_reduce_sum(torch.tensor([float(dead)]))[0]):
+        return False
+    if tracker is not None:
+        log.warning("the driver (pid %s) is gone: stopping the workers; the run is marked "
+                    "KILLED (continue it with --resume)", job["driver"]["pid"])
+        tracker.finish("KILLED")
+    return True
+
+
+def resume_from(trainer, latest, rank: int) -> None:
+    """Load Ray's latest checkpoint; when it is incomplete or damaged, the newest complete
+    checkpoint beside it (named in the log), so a restart never fails on a half-copied one."""
+    import ray.train
+
+    from iicnet.formats.checkpoint import CheckpointError
+
+    try:
+        with latest.as_directory() as directory:
+            trainer.load(directory)
+        return
+    except CheckpointError as exc:
+        problem = exc
+    for candidate in sibling_checkpoints(latest):
+        try:
+            with ray.train.Checkpoint(candidate, filesystem=latest.filesystem
+                                      ).as_directory() as directory:
+                trainer.load(directory)
+        except CheckpointError:
+            continue
+        if rank == 0:
+            log.warning("%s; resuming from the last complete checkpoint, %s", problem,
+                        candidate)
+        return
+    raise CheckpointError(f"{problem}; no complete checkpoint beside it to resume from")
+
+
+def sibling_checkpoints(latest) -> list[str]:
+    """The other ``step-*`` folders beside ``latest`` in Ray's storage, newest first."""
+    from pyarrow import fs
+
+    parent = latest.path.rstrip("/").rpartition("/")[0]
+    infos = latest.filesystem.get_file_info(fs.FileSelector(parent))
+    return sorted((i.path for i in infos if i.type == fs.FileType.Directory
+                   and i.base_name.startswith("step-") and i.path != latest.path.rstrip("/")),
+                  reverse=True)
 
 
 def console_log() -> None:
@@ -375,10 +551,12 @@ def register(cfg, result, uri: str, run_id: str) -> dict[str, Any]:
     """Log the final checkpoint as a model, register it with alias ``candidate`` and its
     validation scores as version tags."""
     from iicnet import registry
+    from iicnet.formats import checkpoint
 
     scores = {k: v for k, v in result.metrics.items() if k.startswith("val/")}
     name = registry.model_name(cfg.data.task)
     with result.checkpoint.as_directory() as directory:
+        checkpoint.verify(directory)  # only a complete checkpoint becomes a model version
         model_uri = registry.log_model(uri, run_id, directory)
     version = registry.register(uri, model_uri, name, tags={
         **{k: f"{v:.4f}" for k, v in scores.items()},

@@ -45,7 +45,12 @@ Resuming. The Tune experiment and every trial's checkpoints live under
 ``<storage>/<sweep>/``, with the sweep's settings in ``iicnet-sweep.json``. ``--resume NAME``
 (with the same ``--storage``) restores the experiment: finished trials keep their results and
 are not run again, interrupted ones continue from their last checkpoint, failed ones start
-over; a sweep that already finished is left as it is. Ctrl+C (or SIGUSR1) interrupts a sweep
+over; a sweep that already finished is left as it is. Ray restores a sweep by unpickling
+its state (``tuner.pkl``, the experiment and searcher state), so whoever can write to the
+storage could run code here: each time a sweep stops, the sha256 of that state goes into its
+MLflow parent run (tag ``iicnet.sweep_state_sha256``), and ``--resume`` refuses, before Ray
+reads anything, storage whose state differs or was never sealed (a driver that was killed).
+A new sweep never reuses an existing folder. Ctrl+C (or SIGUSR1) interrupts a sweep
 so that it can be resumed (exit status 3); the test hook ``IICNET_TUNE_INTERRUPT_AFTER=N``
 does that itself once N trials have finished. On a cluster, ``--storage`` must be shared by
 all nodes (``s3://...``).
@@ -81,6 +86,8 @@ TUNED_ALIAS = "tuned"
 EMBEDDED = {"steps": 60, "val_every": 20, "min_embedding_psnr": 20.0}
 """The embedded default's run length and threshold (with no --config)."""
 INTERRUPTED = 3
+STATE_TAG = "iicnet.sweep_state_sha256"
+"""Parent-run tag: the digest of the sweep's Tune state when it last stopped."""
 SWEEP_TAG = "iicnet.sweep"
 TRIAL_TAG = "iicnet.trial_id"
 
@@ -220,7 +227,83 @@ def load_settings(name: str, storage_path: str, filesystem: Any) -> dict[str, An
         raise FileNotFoundError(f"--resume {name}: no sweep of that name in {storage_path} "
                                 f"(no {SETTINGS}); pass the --storage it ran with")
     with files.open_input_stream(path) as f:
-        return json.loads(f.readall())
+        data = f.read(1 << 20)
+    try:
+        settings = json.loads(data)
+    except (ValueError, RecursionError):
+        raise ValueError(f"{path}: not valid JSON; the sweep's settings are damaged") from None
+    missing = [k for k in ("name", "experiment", "config", "space", "parent_run_id")
+               if not isinstance(settings, dict) or k not in settings]
+    if missing or settings["name"] != name:
+        raise ValueError(f"{path}: not the settings of sweep {name} (missing "
+                         f"{', '.join(missing) or 'nothing'}, name {settings.get('name')!r})")
+    return settings
+
+
+def state_digest(storage_path: str, name: str, filesystem: Any) -> str:
+    """sha256 over the name and sha256 of every file of the sweep's Tune state: everything
+    under ``<storage>/<name>/`` except ``train/`` (the trials' Ray Train folders, which hold
+    JSON and our sealed checkpoints; Ray unpickles nothing there)."""
+    import hashlib
+
+    from pyarrow import fs
+
+    files = storage_files(filesystem)
+    root = f"{storage_path}/{name}".rstrip("/")
+    lines = []
+    for info in files.get_file_info(fs.FileSelector(root, recursive=True)):
+        if info.type != fs.FileType.File:
+            continue
+        relative = info.path[len(root) + 1:] if info.path.startswith(root + "/") else info.path
+        if relative.split("/")[0] == "train":
+            continue
+        digest = hashlib.sha256()
+        with files.open_input_stream(info.path) as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        lines.append(f"{relative}\0{digest.hexdigest()}\n")
+    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+
+
+def seal_state(uri: str, settings: dict[str, Any], storage_path: str, filesystem: Any) -> None:
+    """Record the digest of the sweep's Tune state in its MLflow parent run: the only way
+    ``--resume`` lets Ray read (and unpickle) that state again."""
+    from iicnet import registry
+
+    digest = state_digest(storage_path, settings["name"], filesystem)
+    registry.Tracker(uri, settings["parent_run_id"]).tags({STATE_TAG: digest})
+
+
+def check_sealed(uri: str, settings: dict[str, Any], storage_path: str,
+                 filesystem: Any) -> None:
+    """Raise SweepStateError unless the sweep's Tune state in storage is exactly what the
+    sweep itself left there (the digest :func:`seal_state` recorded in MLflow).
+
+    ``Tuner.restore`` unpickles ``tuner.pkl``, the experiment state and the searcher state
+    from storage: whoever could change them could run code here. Nothing of it is read
+    before this check passes."""
+    from iicnet import registry
+
+    name = settings["name"]
+    runs = registry.find_runs(uri, settings["experiment"], {SWEEP_TAG: name})
+    tags = runs.get(settings["parent_run_id"])
+    if tags is None:
+        raise SweepStateError(f"--resume {name}: its MLflow parent run "
+                              f"{settings['parent_run_id']} is not in experiment "
+                              f"{settings['experiment']!r} at {registry.redact(uri)}")
+    recorded = tags.get(STATE_TAG)
+    if not recorded:
+        raise SweepStateError(
+            f"--resume {name}: the sweep's state in {storage_path}/{name} was never sealed "
+            "(its driver did not stop cleanly), so nothing vouches for it; Ray would unpickle "
+            "it, so it is not resumed. Start a new sweep (--name another name)")
+    found = state_digest(storage_path, name, filesystem)
+    if found != recorded:
+        raise SweepStateError(
+            f"--resume {name}: the sweep's state in {storage_path}/{name} changed since the "
+            f"sweep last stopped (sha256 {found[:12]}..., recorded {recorded[:12]}... in MLflow "
+            f"run {settings['parent_run_id']}); Ray would unpickle it, so it is not resumed. "
+            "Someone or something else wrote there: check who can write to the storage")
 
 
 def resources(settings: dict[str, Any]) -> dict[str, Any]:
@@ -388,16 +471,21 @@ def main(argv: list[str] | None = None) -> int:
         train.check_data(data, "train", base)
         if train.check_data(val_data, "val", base) < 1:
             raise ValueError(f"{val_data}: the 'val' split is empty")
-    except registry.TrackingError as exc:
+        name, resume = settings["name"], bool(args.resume)
+        if resume and finished_before(uri, settings["parent_run_id"]):
+            print(f"sweep {name} has already finished: its table and plot are in the MLflow "
+                  f"run {settings['parent_run_id']} (artifacts under sweep/)", flush=True)
+            return 0
+        if resume:
+            check_sealed(uri, settings, storage_path, filesystem)
+        elif run_folder_exists(storage_path, name, filesystem):
+            raise SweepStateError(f"--name {name}: {storage_path}/{name} already exists; "
+                                  f"continue that sweep with --resume {name}, or pick another "
+                                  "name")
+    except (registry.TrackingError, SweepStateError) as exc:
         return common.fail(str(exc))
     except (ConfigError, FileNotFoundError, ValueError, StorageError) as exc:
         return common.fail(str(exc))
-
-    name, resume = settings["name"], bool(args.resume)
-    if resume and finished_before(uri, settings["parent_run_id"]):
-        print(f"sweep {name} has already finished: its table and plot are in the MLflow run "
-              f"{settings['parent_run_id']} (artifacts under sweep/)", flush=True)
-        return 0
     artifact_location = default_artifacts if uri == default_uri else None
     parent = registry.start_run(uri, settings["experiment"], name, base, resume=resume,
                                 artifact_location=artifact_location,
@@ -423,7 +511,10 @@ def main(argv: list[str] | None = None) -> int:
           f"MLflow parent run {parent} at {registry.redact(uri)}", flush=True)
 
     tuner = build_tuner(settings, job, max_concurrent, storage_path, filesystem, resume)
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        seal_state(uri, settings, storage_path, filesystem)
     trials = load_trials(results.experiment_path, results.filesystem)
     unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
     tracker = registry.Tracker(uri, parent)
@@ -436,6 +527,17 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED
     return finish(settings, base, trials, uri, parent, filesystem, args.out, cache,
                   time.monotonic() - began)
+
+
+class SweepStateError(RuntimeError):
+    """The sweep's state in storage cannot be trusted, or is not where it should be."""
+
+
+def run_folder_exists(storage_path: str, name: str, filesystem: Any) -> bool:
+    from pyarrow import fs
+
+    info = storage_files(filesystem).get_file_info(f"{storage_path}/{name}")
+    return info.type != fs.FileType.NotFound
 
 
 def finished_before(uri: str, parent_run_id: str) -> bool:
@@ -554,10 +656,12 @@ def register_best(row: dict[str, Any], base, settings: dict[str, Any], uri: str,
     import ray.train
 
     from iicnet import registry
+    from iicnet.formats import checkpoint as files
 
     name = registry.model_name(base.data.task)
     checkpoint = ray.train.Checkpoint(row["checkpoint_path"], filesystem=filesystem)
     with checkpoint.as_directory() as directory:
+        files.verify(directory)  # only a complete checkpoint becomes a model version
         model_uri = registry.log_model(uri, row["run_id"], directory)
     tags = {"sweep": settings["name"], "trial_id": row["trial_id"], "run_id": row["run_id"],
             "step": row["step"], "objective": f"{row['objective']:.4f}",

@@ -136,6 +136,11 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep: S
         assert history(sweep.tracking, runs[trial_id].info.run_id,
                        "val/restored_psnr") == before["history"]
     assert "(resumed)" in sweep.resumed.stdout
+    # Each stop sealed the Tune state in the parent run; the last seal matches what is there.
+    from ray_jobs.tune import STATE_TAG, state_digest
+
+    parent = child_runs(sweep.tracking)["parent"]
+    assert parent.data.tags[STATE_TAG] == state_digest(str(sweep.storage), NAME, None)
 
 
 @pytest.mark.slow

@@ -187,6 +187,11 @@ class Tracker:
         for key, value in values.items():
             self._client.set_tag(self.run_id, key, value)
 
+    def last_step(self, key: str) -> int:
+        """The highest step at which metric ``key`` was logged (0 when never)."""
+        history = self._client.get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=0)
+
     def status(self) -> str:
         """``RUNNING``, ``FINISHED``, ``FAILED`` or ``KILLED``."""
         return self._client.get_run(self.run_id).info.status
