@@ -10,6 +10,7 @@ reach them without being copied anywhere.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -80,3 +81,38 @@ def fail(message: str, code: int = 2) -> int:
     """Print a user-facing error (no traceback) and return the exit code."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     return code
+
+
+def watch_run(uri: str, run_id: str) -> None:
+    """Mark the MLflow run KILLED if this process dies while it is still RUNNING.
+
+    A driver killed with SIGKILL (or by the OOM killer, or a lost terminal) runs no cleanup,
+    so a small watcher process does it: it holds the read end of a pipe whose write end only
+    this process has; the end of this process, however it ends, closes the pipe. A driver
+    that ends normally has closed its run (FINISHED, FAILED or KILLED) before then, and the
+    watcher leaves it alone. The tracking URI goes through the pipe, not the command line,
+    where other users could read credentials in it.
+    """
+    import subprocess
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, json.dumps({"uri": uri, "run_id": run_id}).encode() + b"\n")
+    subprocess.Popen([sys.executable, "-c", "from ray_jobs.common import watcher; watcher()"],
+                     stdin=read_end, cwd=REPO, start_new_session=True,
+                     env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                         [str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
+    os.close(read_end)
+    # The write end stays open, uninherited, until this process ends.
+    os.set_inheritable(write_end, False)
+
+
+def watcher() -> None:
+    """The process :func:`watch_run` starts: wait for the end of the pipe, then close the run
+    as KILLED if nobody else closed it."""
+    job = json.loads(sys.stdin.buffer.readline())
+    sys.stdin.buffer.read()  # returns once every write end is closed: the driver is gone
+    from iicnet import registry
+
+    tracker = registry.Tracker(job["uri"], job["run_id"])
+    if tracker.status() == "RUNNING":
+        tracker.finish("KILLED")

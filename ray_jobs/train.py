@@ -30,14 +30,15 @@ continues an earlier run the same way; a checkpoint that is incomplete (``comple
 written last, is missing or does not match) is skipped for the newest complete one, named in
 the log. ``--resume`` of a run that finished does nothing and says so; of a run whose driver
 still runs on this host it is refused. After a restart, steps already logged are not logged
-again. A loss that is not finite or spikes rolls back to the
-last checkpoint with half the learning rate, logged as an event.
+again. A loss that is not finite or spikes rolls back to the last checkpoint with half the
+learning rate, logged as an event.
 
-The driver's death stops the workers: rank 0 checks before every step that the driver
-process (on this host) lives, all ranks agree, stop together and the MLflow run is marked
-KILLED. Under ``ray job submit`` the driver runs on the head and Ray's job-exit handling
-stops the workers instead. Training that fails once the ``--max-failures`` restarts are used
-up exits with status 2, one line saying why and how to resume.
+A driver that dies (even by SIGKILL) leaves no run RUNNING: a watcher process marks the
+MLflow run KILLED (:func:`ray_jobs.common.watch_run`). Ray ends the job's workers when its
+driver disconnects; in case it is slow to, rank 0 also checks before every step that the
+driver process (on this host) lives, and all ranks stop together when it does not.
+Training that fails once the ``--max-failures`` restarts are used up exits with status 2
+and one line saying why and how to resume.
 
 Fault injection for tests: ``IICNET_FAULT_AT_STEP=N`` kills the last rank's process (SIGKILL)
 when it reaches step N, once: the file named by ``IICNET_FAULT_MARKER`` records that it
@@ -181,19 +182,28 @@ def live_driver(status: str, tags: dict[str, str]) -> str | None:
     return None
 
 
+def quiet_ray() -> None:
+    """Stop Ray before the final message, so the workers' forwarded logs (tracebacks
+    included) come before it rather than after."""
+    import ray
+
+    ray.shutdown()
+
+
 def failure_summary(error: BaseException | None) -> str:
     """One line for a failed ``fit()``: the first worker's error, not Ray's tracebacks."""
     if error is None:
         return "no checkpoint was reported"
     failures = getattr(error, "worker_failures", None)
     if failures:
-        rank, cause = sorted(failures.items())[0]
-        return f"rank {rank}: {failure_summary(cause)}"
+        return "; ".join(f"rank {rank}: {failure_summary(cause)}"
+                         for rank, cause in sorted(failures.items()))
     cause = getattr(error, "cause", None) or error.__cause__
     if cause is not None and cause is not error and not str(error).strip():
         return failure_summary(cause)
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     last = lines[-1] if lines else "no message"
+    last = last if len(last) <= 200 else last[:197] + "..."
     kind = type(error).__name__
     return last if last.startswith(f"{kind}: ") else f"{kind}: {last}"
 
@@ -260,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
               "device": "gpu" if args.gpu else "cpu",
               "storage": args.storage or storage_path})
     registry.Tracker(uri, run_id).tags({DRIVER_TAG: json.dumps(driver_identity())})
+    common.watch_run(uri, run_id)
     print(f"run {name}: {cfg.data.task} task, {args.num_workers} worker(s) on "
           f"{'GPU' if args.gpu else 'CPU'}, {cfg.train.steps} steps; MLflow run {run_id} at "
           f"{registry.redact(uri)}", flush=True)
@@ -275,10 +286,12 @@ def main(argv: list[str] | None = None) -> int:
                          max_failures=args.max_failures)
         except Exception as exc:  # Train V2 raises once the restarts are used up
             tracker.finish("FAILED")
+            quiet_ray()
             return common.fail(f"training failed after {args.max_failures} restart(s): "
                                f"{failure_summary(exc)}\n{hint}")
         if result.error is not None or result.checkpoint is None:
             tracker.finish("FAILED")
+            quiet_ray()
             return common.fail(f"training failed: {failure_summary(result.error)}\n{hint}")
         summary = register(cfg, result, uri, run_id)
     except BaseException:

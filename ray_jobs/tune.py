@@ -490,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     parent = registry.start_run(uri, settings["experiment"], name, base, resume=resume,
                                 artifact_location=artifact_location,
                                 tags={SWEEP_TAG: name, "iicnet.kind": "sweep"})
+    common.watch_run(uri, parent)
     plan = resources(settings)
     common.init_ray(num_cpus=plan["num_cpus"])
     max_concurrent = plan["max_concurrent"] or cluster_concurrency(settings)

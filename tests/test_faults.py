@@ -534,6 +534,11 @@ def test_a_killed_driver_stops_its_workers_and_marks_the_run_killed(
                                                           "loss/total")} == steps
         assert sorted(p.name for p in (storage / "orphan").glob("step-*")) == folders
         assert max(steps) < 400
+        for folder in (storage / "orphan").glob("step-*"):  # complete, or said to be not
+            try:
+                read_state(folder)
+            except checkpoint.CheckpointError as exc:
+                assert "incomplete or damaged checkpoint" in str(exc)
     finally:
         for pid in started | descendants(driver.pid):
             try:
