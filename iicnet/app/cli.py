@@ -2,7 +2,7 @@
 
   iicnet embed   --model MODEL INPUTS... -o out.png
   iicnet restore --model MODEL emb.png -o DIR [--video out.mp4]
-  iicnet eval    --model MODEL --data SHARDS [--json]
+  iicnet eval    --model MODEL --data SHARDS [--jpeg Q ...] [--json]
   iicnet info    MODEL
   iicnet import-official CHECKPOINT.pth [--config C.yaml] [--set K=V ...] -o DIR
                  [--register NAME [--alias ALIAS]]
@@ -104,7 +104,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UserError(f"--video {args.video}: write an .mp4 file")
     conv = _converter(args)
     pixels, info = _read_embedding(conv, args)
-    if args.allow_lossy:
+    if args.allow_lossy and conv.jpeg_quality is None:
         _warn(f"{args.embedding}: restoring a lossy or altered embedding; expect a large "
               "drop in quality")
     images = conv.restore_pixels(pixels, info)
@@ -131,12 +131,14 @@ def _read_embedding(conv, args: argparse.Namespace):
     import warnings
 
     from iicnet.convert import UncheckedEmbedding
+    from iicnet.convert.converter import RobustRestore
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UncheckedEmbedding)
+        warnings.simplefilter("always", RobustRestore)
         found = conv.read_embedding(args.embedding, allow_lossy=args.allow_lossy)
     for warning in caught:
-        if issubclass(warning.category, UncheckedEmbedding):
+        if issubclass(warning.category, (UncheckedEmbedding, RobustRestore)):
             _warn(str(warning.message))
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename,
@@ -216,6 +218,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from iicnet.formats.shards import read_manifest
     from iicnet.tasks import evaluation_items
 
+    bad = [q for q in args.jpeg or () if not 1 <= q <= 100]
+    if bad:
+        raise UserError(f"--jpeg {bad[0]}: a JPEG quality is 1..100")
     conv = _converter(args)
     try:
         splits = read_manifest(args.data)["splits"]
@@ -229,7 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = conv.config.override(overrides)
     items = itertools.islice(evaluation_items(args.data, cfg, split), args.limit)
     result = evaluate(conv, _progress(items, "evaluating", "item", args.limit or 0),
-                      tile=args.tile)
+                      tile=args.tile, jpeg=args.jpeg or ())
     if result.items == 0:
         raise UserError(f"{args.data}: split {split!r} gave no {conv.task} items")
     label = f"{conv.task} K={conv.num_images}"
@@ -343,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--crop", type=int, help="centre crops of this side (default: full "
                                                    "frames, as the tables were measured)")
     evaluate.add_argument("--limit", type=int, help="score only the first N items")
+    evaluate.add_argument("--jpeg", type=int, action="append", metavar="Q",
+                          help="also score restoring from a real JPEG of the embedding at "
+                               "quality Q (repeatable)")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(func=cmd_eval)
 

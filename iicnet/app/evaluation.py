@@ -10,6 +10,12 @@ validation uses too), averaged over all items:
 - ``restored``: every restored image against its original, the reference included;
 - ``images``: the same per output (``frame_0``, ``left``, ``right``, ...), in the order a
   person gives them.
+
+With JPEG qualities (``iicnet eval --jpeg Q``), each embedding is also re-encoded as a real
+JPEG by Pillow at each quality (:func:`iicnet.formats.embedding_png.reencode_jpeg`, what a
+chat app or website does to a shared PNG) and the images are restored from that; ``jpeg``
+holds, per quality, the same three scores, ``embedding`` then being the JPEG against the
+reference.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from iicnet.convert import Converter, tile_bounds
+from iicnet.formats.embedding_png import reencode_jpeg
 from iicnet.model import to_uint8
 from iicnet.model.metrics import score
 
@@ -42,6 +49,31 @@ class Score:
 
 
 @dataclass
+class RoundTrip:
+    """The scores of restoring from one kind of embedding file (the PNG, or a JPEG of it)."""
+
+    names: list[str]
+    embedding: Score = field(default_factory=Score)
+    restored: Score = field(default_factory=Score)
+    images: dict[str, Score] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.images = self.images or {name: Score() for name in self.names}
+
+    def add(self, images: torch.Tensor, reference: torch.Tensor, embedding: torch.Tensor,
+            restored: torch.Tensor, stack_names: list[str]) -> None:
+        scores = score(images, reference, embedding, restored)
+        self.embedding.add(scores.embedding_psnr, scores.embedding_ssim)
+        self.restored.add(scores.restored_psnr, scores.restored_ssim)
+        for i, name in enumerate(stack_names):
+            self.images[name].add(scores.restored_psnr[i], scores.restored_ssim[i])
+
+    def to_dict(self) -> dict:
+        return {"embedding": self.embedding.mean(), "restored": self.restored.mean(),
+                "images": {name: self.images[name].mean() for name in self.names}}
+
+
+@dataclass
 class Evaluation:
     task: str
     names: list[str]
@@ -50,14 +82,21 @@ class Evaluation:
     images: dict[str, Score] = field(default_factory=dict)
     items: int = 0
     setup: dict = field(default_factory=dict)
+    jpeg: dict[int, RoundTrip] = field(default_factory=dict)
+    """Per JPEG quality, restoring from a Pillow JPEG of the embedding."""
+
+    @property
+    def lossless(self) -> RoundTrip:
+        """The scores from the PNG (the same :class:`Score` objects as the fields)."""
+        return RoundTrip(self.names, self.embedding, self.restored, self.images)
 
     def to_dict(self) -> dict:
-        return {
-            "task": self.task, "items": self.items, "metric": "PSNR (dB) / SSIM, RGB",
-            **self.setup,
-            "embedding": self.embedding.mean(), "restored": self.restored.mean(),
-            "images": {name: self.images[name].mean() for name in self.names},
-        }
+        out = {"task": self.task, "items": self.items, "metric": "PSNR (dB) / SSIM, RGB",
+               **self.setup, **self.lossless.to_dict()}
+        if self.jpeg:
+            out["jpeg"] = {str(q): trip.to_dict() for q, trip in sorted(self.jpeg.items(),
+                                                                          reverse=True)}
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -71,24 +110,36 @@ class Evaluation:
 
         label = self.setup.get("label", self.task)
         head = ["task", "embedding", "restored (all)", *self.names]
-        row = [label, cell(self.embedding), cell(self.restored),
-               *(cell(self.images[n]) for n in self.names)]
+        trips = [(label, self.lossless), *((f"{label}, from JPEG Q{quality}", trip) for
+                                          quality, trip in sorted(self.jpeg.items(),
+                                                                  reverse=True))]
+        rows = [[name, cell(trip.embedding), cell(trip.restored),
+                 *(cell(trip.images[n]) for n in self.names)] for name, trip in trips]
+        note = (" Rows from JPEG: restored from a Pillow JPEG of the embedding at that "
+                "quality; their embedding column scores the JPEG." if self.jpeg else "")
         return "\n".join([
             "| " + " | ".join(head) + " |",
             "|" + "|".join("---" for _ in head) + "|",
-            "| " + " | ".join(row) + " |",
+            *("| " + " | ".join(row) + " |" for row in rows),
             f"PSNR (dB) / SSIM on RGB, mean over {self.items} items "
-            f"({self.restored.count} restored images)",
+            f"({self.restored.count} restored images).{note}",
         ])
 
 
 def evaluate(converter: Converter, items: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             tile: int = 0) -> Evaluation:
+             tile: int = 0, jpeg: Iterable[int] = ()) -> Evaluation:
     """Score ``converter``'s model on ``(images (K, C, H, W) uint8, reference float)`` items
     (stack order, reference first). ``tile`` > 0 scores the tiled path instead of full
-    frames."""
+    frames. ``jpeg``: qualities (1..100) at which restoring from a real JPEG of each
+    embedding is scored too."""
+    qualities = sorted(set(jpeg), reverse=True)
+    bad = [q for q in qualities if not 1 <= q <= 100]
+    if bad:
+        raise ValueError(f"JPEG quality must be in 1..100, got {bad[0]}")
     result = Evaluation(converter.task, converter.names,
-                        images={name: Score() for name in converter.names})
+                        images={name: Score() for name in converter.names},
+                        jpeg={q: RoundTrip(converter.names) for q in qualities})
+    lossless = result.lossless
     stack_names = [converter.names[position] for position in converter.order]
     m = converter.multiple
     for images, reference in items:
@@ -96,10 +147,12 @@ def evaluate(converter: Converter, items: Iterable[tuple[torch.Tensor, torch.Ten
         rows, cols = tile_bounds(height, tile, m), tile_bounds(width, tile, m)
         embedding = converter.encode_stack(images, rows, cols)
         restored = converter.decode_stack(embedding, rows, cols)
-        scores = score(images, to_uint8(reference), embedding, restored)
-        result.embedding.add(scores.embedding_psnr, scores.embedding_ssim)
-        result.restored.add(scores.restored_psnr, scores.restored_ssim)
-        for i, name in enumerate(stack_names):
-            result.images[name].add(scores.restored_psnr[i], scores.restored_ssim[i])
+        target = to_uint8(reference)
+        lossless.add(images, target, embedding, restored, stack_names)
+        for quality, trip in result.jpeg.items():
+            pixels = reencode_jpeg(embedding.permute(1, 2, 0).numpy(), quality)
+            received = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+            trip.add(images, target, received, converter.decode_stack(received, rows, cols),
+                     stack_names)
         result.items += 1
     return result

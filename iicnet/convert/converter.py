@@ -51,6 +51,11 @@ class UncheckedEmbedding(UserWarning):
     code) is restored without checking that this model made it."""
 
 
+class RobustRestore(UserWarning):
+    """A JPEG re-encoding of an embedding (or a PNG whose pixels changed) is restored by a
+    model trained through JPEG (``distortion.kind: jpeg``), without ``allow_lossy``."""
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model came from, for messages and the embedding's provenance."""
@@ -206,7 +211,16 @@ class Converter:
             weights=self.fingerprint, task=self.task, num_images=self.num_images,
             embed_channels=self.config.model.embed_channels, scale=self.scale, size=size,
             padding=padding, tile_rows=rows, tile_cols=cols, names=self.names, fps=fps,
+            distortion=({"kind": "jpeg", "quality": list(self.jpeg_quality)}
+                        if self.jpeg_quality else {"kind": "off"}),
         )
+
+    @property
+    def jpeg_quality(self) -> tuple[int, int] | None:
+        """The JPEG quality range the model was trained through, or None (not trained for
+        JPEG: a lossy embedding is refused unless ``allow_lossy``)."""
+        d = self.config.distortion
+        return (d.quality[0], d.quality[1]) if d.kind == "jpeg" else None
 
     def embed(self, images: Sequence[np.ndarray] | np.ndarray, *, as_png: bool = True,
               fps: float | None = None) -> bytes | np.ndarray:
@@ -249,12 +263,11 @@ class Converter:
                 raise InputError(f"embedding: expected (H, W, C_e) uint8 pixels, got "
                                  f"{embedding.dtype} {embedding.shape}")
             pixels, info, where = embedding, None, "embedding"
-        elif isinstance(embedding, bytes | bytearray):
-            where = "embedding"
-            pixels, info = embedding_png.decode(bytes(embedding), where, allow_lossy=allow_lossy)
         else:
-            where = str(embedding)
-            pixels, info = embedding_png.read(embedding, allow_lossy=allow_lossy)
+            where = "embedding" if isinstance(embedding, bytes | bytearray) else str(embedding)
+            data = (bytes(embedding) if isinstance(embedding, bytes | bytearray)
+                    else embedding_png.read_bytes(embedding))
+            pixels, info, allow_lossy = self._decode(data, where, allow_lossy)
         if info is None:
             plain = not allow_lossy and not isinstance(embedding, np.ndarray)
             pixels = self._match_channels(pixels, where, strict=plain)
@@ -263,6 +276,40 @@ class Converter:
                 self._warn_unchecked(info, where)
         self.check_info(info, where)
         return pixels, info
+
+    def _decode(self, data: bytes, where: str, allow_lossy: bool
+                ) -> tuple[np.ndarray, EmbeddingInfo | None, bool]:
+        """Pixels, metadata, and whether they were taken although lossy: a model trained
+        through JPEG takes a JPEG or a changed PNG with a :class:`RobustRestore` note."""
+        trained = self.jpeg_quality
+        if trained is None:
+            return *embedding_png.decode(data, where, allow_lossy=allow_lossy), allow_lossy
+        try:
+            return *embedding_png.decode(data, where), False
+        except embedding_png.LossyEmbeddingError as exc:
+            if exc.file_format not in ("JPEG", "PNG") and not allow_lossy:
+                raise
+            pixels, info = embedding_png.decode(data, where, allow_lossy=True)
+            if exc.file_format in ("JPEG", "PNG"):
+                self._note_robust(exc, where, trained)
+            return pixels, info, True
+
+    def _note_robust(self, exc: embedding_png.LossyEmbeddingError, where: str,
+                     trained: tuple[int, int]) -> None:
+        import warnings
+
+        low, high = trained
+        if exc.file_format == "PNG":
+            what, unchecked = "pixels changed after iicnet wrote them", ""
+        else:
+            what = "a JPEG" + (f" at quality {exc.quality}" if exc.quality is not None else "")
+            unchecked = ("; a JPEG keeps no iicnet metadata, so it is not checked that this "
+                         "model made it")
+        below = (f" ({exc.quality} is below it: expect a larger loss)"
+                 if exc.quality is not None and exc.quality < low else "")
+        warnings.warn(RobustRestore(
+            f"{where}: {what}, restored because {self.describe()} was trained to restore from "
+            f"JPEG at quality {low}..{high}{below}{unchecked}"), stacklevel=4)
 
     def _warn_unchecked(self, info: EmbeddingInfo, where: str) -> None:
         import warnings
@@ -313,7 +360,9 @@ class Converter:
         """An embedding (PNG bytes, a file path, or raw pixels) -> K (H, W, 3) uint8 images.
 
         Raw pixels carry no metadata: they are assumed unpadded and tiled as this converter
-        tiles. A JPEG (or a PNG whose pixels changed) raises unless ``allow_lossy``.
+        tiles. A JPEG (or a PNG whose pixels changed) raises unless ``allow_lossy``, or
+        unless the model was trained through JPEG (:attr:`jpeg_quality`), which restores it
+        with a :class:`RobustRestore` warning naming the trained quality range.
         """
         pixels, info = self.read_embedding(embedding, allow_lossy=allow_lossy)
         return self.restore_pixels(pixels, info)

@@ -21,6 +21,10 @@ embedding) with one ``tEXt`` chunk per field of :class:`EmbeddingInfo`, keyed
                     whose pixels changed after writing (lossy re-compression, editing) is
                     caught before it is restored into garbage
 ``fps``             frames per second of a source video, or null
+``distortion``      what the model was trained to survive: ``{"kind": "jpeg", "quality":
+                    [low, high]}`` for a model trained through JPEG at qualities low..high
+                    (it restores a JPEG re-encoding), ``{"kind": "off"}`` for one trained
+                    without; absent in files written before it was recorded
 ==================  =====================================================================
 
 Writes are atomic (a temporary name, then a rename), so a failed ``embed`` leaves no file.
@@ -49,7 +53,15 @@ class EmbeddingFileError(ValueError):
 
 
 class LossyEmbeddingError(EmbeddingFileError):
-    """The embedding was re-compressed or edited: restoring it is possible but degraded."""
+    """The embedding was re-compressed or edited: restoring it is possible but degraded.
+
+    ``file_format`` is what the file is (``"JPEG"``, ``"WEBP"``, or ``"PNG"`` for a PNG whose
+    pixels changed); ``quality`` the JPEG quality its tables match (:func:`jpeg_quality`),
+    else None."""
+
+    def __init__(self, message: str, file_format: str = "", quality: int | None = None):
+        super().__init__(message)
+        self.file_format, self.quality = file_format, quality
 
 
 @dataclass
@@ -71,10 +83,19 @@ class EmbeddingInfo:
     pixels: str = ""
     fps: float | None = None
     format: int = FORMAT_VERSION
+    distortion: dict | None = None
+    """``{"kind": "jpeg", "quality": [low, high]}`` or ``{"kind": "off"}``; None: unknown
+    (a file written before this field existed)."""
 
     @property
     def padded_size(self) -> tuple[int, int]:
         return self.tile_rows[-1], self.tile_cols[-1]
+
+    @property
+    def jpeg_quality(self) -> tuple[int, int] | None:
+        """The JPEG quality range the model was trained through, or None."""
+        d = self.distortion
+        return tuple(d["quality"]) if d is not None and d["kind"] == "jpeg" else None
 
     def describe_model(self) -> str:
         version = f" version {self.model_version}" if self.model_version else ""
@@ -133,6 +154,7 @@ def _parse_info(text: dict[str, str], where: str) -> EmbeddingInfo:
     if missing:
         raise EmbeddingFileError(f"{where}: iicnet metadata lacks {', '.join(missing)}")
     info = EmbeddingInfo(**{k: v for k, v in values.items() if k in known})
+    _check_distortion(info.distortion, where)
     try:
         _check_geometry(info, where)
     except (TypeError, ValueError) as exc:
@@ -140,6 +162,21 @@ def _parse_info(text: dict[str, str], where: str) -> EmbeddingInfo:
             raise
         raise EmbeddingFileError(f"{where}: damaged iicnet metadata ({exc})") from exc
     return info
+
+
+def _check_distortion(value: object, where: str) -> None:
+    if value is None:
+        return
+    kind = value.get("kind") if isinstance(value, dict) else None
+    quality = value.get("quality") if isinstance(value, dict) else None
+    ok = (kind == "off" and quality is None) or (
+        kind == "jpeg" and isinstance(quality, list) and len(quality) == 2
+        and all(isinstance(q, int) and not isinstance(q, bool) for q in quality)
+        and 1 <= quality[0] <= quality[1] <= 100)
+    if not ok:
+        raise EmbeddingFileError(f"{where}: damaged iicnet metadata (distortion {value!r}; "
+                                 'expected {"kind": "off"} or {"kind": "jpeg", "quality": '
+                                 "[low, high]})")
 
 
 def _check_geometry(info: EmbeddingInfo, where: str) -> None:
@@ -176,12 +213,14 @@ def decode(data: bytes, where: str, *, allow_lossy: bool = False
         raise EmbeddingFileError(f"{where}: not an image ({exc})") from exc
     if image.format != "PNG":
         if not allow_lossy:
+            quality = jpeg_quality(image)
+            at = f" (quality {quality})" if quality is not None else ""
             raise LossyEmbeddingError(
-                f"{where}: a {image.format} file, not the PNG that iicnet embed writes. Lossy "
-                "re-compression destroys most of what is hidden in the pixels: restoration "
-                "quality will drop sharply. Use the original PNG, or pass --allow-lossy "
-                "(Python: allow_lossy=True) to restore anyway"
-            )
+                f"{where}: a {image.format} file{at}, not the PNG that iicnet embed writes. "
+                "Lossy re-compression destroys most of what is hidden in the pixels: "
+                "restoration quality will drop sharply. Use the original PNG, or pass "
+                "--allow-lossy (Python: allow_lossy=True) to restore anyway",
+                image.format or "", quality)
         mode = "L" if image.mode in ("L", "LA", "I", "I;16") else "RGB"
         return _pixels(image.convert(mode)), None
     if not any(key.startswith(PREFIX) for key in image.text):
@@ -198,9 +237,38 @@ def decode(data: bytes, where: str, *, allow_lossy: bool = False
         raise LossyEmbeddingError(
             f"{where}: its pixels changed after iicnet wrote it (lossy re-compression or "
             "editing): restoration quality will drop. Use the original file, or pass "
-            "--allow-lossy (Python: allow_lossy=True) to restore anyway"
-        )
+            "--allow-lossy (Python: allow_lossy=True) to restore anyway", "PNG")
     return pixels, info
+
+
+def jpeg_quality(image: Image.Image) -> int | None:
+    """The quality (1..100) whose IJG-scaled tables (what libjpeg, Pillow and most encoders
+    use) are nearest to a JPEG's luminance table; None for another format or when no quality
+    matches within a factor of 1.25 per coefficient (an encoder with its own tables)."""
+    tables = getattr(image, "quantization", None)
+    if image.format != "JPEG" or not tables or len(tables.get(0, ())) != 64:
+        return None
+    import torch
+
+    from iicnet.model.modules.jpeg import quant_tables
+
+    luma = torch.tensor(list(tables[0]), dtype=torch.float32).clamp(min=1).log()
+    candidates = quant_tables(torch.arange(1, 101))[:, 0].reshape(100, 64).log()
+    error = (candidates - luma).abs().mean(1)
+    best = int(error.argmin())
+    return best + 1 if float(error[best]) < 0.223 else None
+
+
+def reencode_jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
+    """``(H, W, C_e)`` uint8 pixels after a real JPEG round trip through Pillow at
+    ``quality`` (its defaults otherwise: 4:2:0 chroma for RGB), as a chat app or website
+    re-encodes a shared PNG."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    out = io.BytesIO()
+    to_image(pixels).save(out, format="JPEG", quality=quality)
+    with Image.open(io.BytesIO(out.getvalue())) as image:
+        return np.array(_pixels(image.convert("L" if pixels.shape[2] == 1 else "RGB")))
 
 
 _PLAIN_MODES = {"1": "L", "L": "L", "P": "RGB", "RGB": "RGB"}
@@ -221,15 +289,20 @@ def _pixels(image: Image.Image) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-def read(path: str | Path, *, allow_lossy: bool = False
-         ) -> tuple[np.ndarray, EmbeddingInfo | None]:
-    """:func:`decode` a local file or ``s3://`` object."""
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of a local file or ``s3://`` object; :class:`EmbeddingFileError` if there
+    are none to read."""
     try:
-        data = storage.read_bytes(path)
+        return storage.read_bytes(path)
     except FileNotFoundError as exc:
         raise EmbeddingFileError(f"{path}: no such file") from exc
     except IsADirectoryError as exc:
         raise EmbeddingFileError(f"{path}: a directory, not an embedding PNG") from exc
     except OSError as exc:
         raise EmbeddingFileError(f"{path}: cannot read ({exc})") from exc
-    return decode(data, str(path), allow_lossy=allow_lossy)
+
+
+def read(path: str | Path, *, allow_lossy: bool = False
+         ) -> tuple[np.ndarray, EmbeddingInfo | None]:
+    """:func:`decode` a local file or ``s3://`` object."""
+    return decode(read_bytes(path), str(path), allow_lossy=allow_lossy)
