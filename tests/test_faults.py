@@ -545,3 +545,34 @@ def test_a_killed_driver_stops_its_workers_and_marks_the_run_killed(
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_restart_skips_an_incomplete_latest_checkpoint_for_the_last_complete_one(
+        tmp_path: Path, caplog):
+    """What a worker does when Ray hands it a checkpoint that is not whole (no Ray cluster
+    needed: a local ``ray.train.Checkpoint`` is a folder)."""
+    import ray.train
+
+    from ray_jobs import train
+
+    trainer = Trainer(tiny())
+    runs = tmp_path / "run"
+    for step in (2, 4):
+        trainer.step = step
+        (runs / f"step-{step:08d}").mkdir(parents=True)
+        trainer.save(runs / f"step-{step:08d}")
+    broken = runs / "step-00000006"
+    shutil.copytree(runs / "step-00000004", broken)
+    truncate(broken / "optimizer.safetensors")
+
+    resumed = Trainer(tiny())
+    with caplog.at_level("WARNING", logger="iicnet.train"):
+        train.resume_from(resumed, ray.train.Checkpoint(str(broken)), rank=0)
+    assert resumed.step == 4
+    assert f"resuming from the last complete checkpoint, {runs / 'step-00000004'}" in caplog.text
+    assert "optimizer.safetensors is" in caplog.text
+
+    for folder in runs.iterdir():
+        truncate(folder / checkpoint.WEIGHTS)
+    with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint beside it"):
+        train.resume_from(Trainer(tiny()), ray.train.Checkpoint(str(broken)), rank=0)
