@@ -1,8 +1,8 @@
 """Failure paths, tried the way an attacker or a clumsy user would (issue 15).
 
 Each case asserts what the user sees (an exit status or an exception, and its message) and
-what is left behind. The tables run in a second or so; the cases that start Ray are marked
-slow.
+what is left behind. The tables run in seconds; the cases that need an MLflow store or start
+Ray are marked slow (CI runs them).
 
 - resume of a sweep whose storage was written by someone else: refused before Ray unpickles
   anything, so a planted ``tuner.pkl`` never runs;
@@ -93,6 +93,7 @@ def planted_sweep(storage: Path, name: str, *, sealed: bool) -> dict:
     return settings
 
 
+@pytest.mark.slow  # a local MLflow store takes 10-20 s to create
 def test_resume_refuses_a_planted_tuner_pkl_and_never_runs_it(sweep_env: Path, tmp_path,
                                                                 capsys):
     from ray_jobs import tune
@@ -110,6 +111,7 @@ def test_resume_refuses_a_planted_tuner_pkl_and_never_runs_it(sweep_env: Path, t
     assert ray is None or not ray.is_initialized(), "Ray was started before the refusal"
 
 
+@pytest.mark.slow  # a local MLflow store takes 10-20 s to create
 def test_resume_refuses_state_that_was_never_sealed(sweep_env: Path, tmp_path, capsys):
     from ray_jobs import tune
 
@@ -121,6 +123,7 @@ def test_resume_refuses_state_that_was_never_sealed(sweep_env: Path, tmp_path, c
     assert not evidence.exists()
 
 
+@pytest.mark.slow  # a local MLflow store takes 10-20 s to create
 def test_a_sealed_state_passes_and_any_added_file_breaks_the_seal(sweep_env: Path):
     from iicnet import registry
     from ray_jobs import common, tune
@@ -139,6 +142,7 @@ def test_a_sealed_state_passes_and_any_added_file_breaks_the_seal(sweep_env: Pat
         tune.check_sealed(uri, settings, str(sweep_env), None)
 
 
+@pytest.mark.slow  # a local MLflow store takes 10-20 s to create
 def test_a_new_sweep_never_reuses_an_existing_folder(sweep_env: Path, capsys):
     from ray_jobs import tune
 
@@ -384,6 +388,7 @@ def registered_versions() -> int:
     return len(client.search_model_versions("name = 'iicnet-video'"))
 
 
+@pytest.mark.slow  # a local MLflow store takes 10-20 s to create
 def test_resuming_a_finished_run_does_nothing_and_says_so(sweep_env: Path, davis_shards,
                                                           capsys):
     from ray_jobs import train
@@ -399,6 +404,7 @@ def test_resuming_a_finished_run_does_nothing_and_says_so(sweep_env: Path, davis
     assert [p.name for p in (sweep_env / "done").iterdir()] == ["step-00000004"]
 
 
+@pytest.mark.slow  # a local MLflow store takes 10-20 s to create
 def test_resuming_a_run_whose_driver_lives_is_refused(sweep_env: Path, davis_shards, capsys):
     from iicnet import registry
     from ray_jobs import common, train
