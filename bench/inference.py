@@ -9,9 +9,24 @@ its own process; peak memory is that process's own. Writes
 
 ``--cli`` measures the command line end to end instead (section "CLI" below): ``iicnet embed``
 and ``iicnet restore`` as separate processes on K=5 clips of 480x854 and 1920x1080, each
-command's wall time and peak resident memory, into ``bench/results/inference-cli-<device>.json``.
+command's wall time and peak resident memory, per engine (``--engines torch openvino``: the
+speed-up of each over torch, and whether their outputs are equal), into
+``bench/results/inference-cli-<device>.json`` (one engine) or
+``bench/results/inference-engines-<device>.json`` (several). OpenVINO's one-time conversion
+is done before timing (a warm user cache, as every run after a model's first).
 
-    python bench/inference.py --cli [--device auto|cpu|cuda] [--tile 512]
+    python bench/inference.py --cli [--device auto|cpu|cuda] [--tile 512] [--engines ...]
+
+``--halo`` measures how much context a tile needs (section "Halo" below): a trained model
+(the authors' st-06 checkpoint from ``../shared/parity``, video K=3 x2, 10 blocks) on a real
+photograph, embedded and restored on a grid of small tiles with growing halos, against the
+untiled result; into ``bench/results/halo.json``. ``--big`` is the one heavy check: a
+1920x1080 K=5 clip of the published design (perturbed random weights), tiled at the default
+tile and halo against untiled: differences, time and peak memory, into
+``bench/results/halo-1080p.json``.
+
+    python bench/inference.py --halo [--halos 0 8 16 24 32 48] [--tile 64]
+    python bench/inference.py --big
 """
 
 from __future__ import annotations
@@ -114,29 +129,41 @@ def _timed(cmd: list[str]) -> dict:
                 "output": out.read().decode().strip()}
 
 
-def run_cli(device: str, tile: int, clips: list[str]) -> dict:
+def run_cli(device: str, tile: int, clips: list[str], engine: str = "torch",
+            base: Path | None = None) -> dict:
     from iicnet.formats import checkpoint
     from iicnet.formats.embedding_png import read
 
     iicnet_cli = [sys.executable, "-m", "iicnet.app.cli"]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
+        base = base or Path(tmp)
         cfg = Config()
         torch.manual_seed(0)
-        ckpt = checkpoint.save(base / "video-k5", IICNet(cfg), cfg)
+        ckpt = base / "video-k5"
+        if not ckpt.is_dir():
+            checkpoint.save(ckpt, IICNet(cfg), cfg)
+        if engine == "openvino":
+            from iicnet.convert import weights_fingerprint
+            from iicnet.convert.engine import OpenVinoEngine
+
+            model, _ = checkpoint.load(ckpt)
+            warm = OpenVinoEngine(model.eval(), weights_fingerprint(model))
+            for direction in ("embed", "restore"):
+                warm.exported(direction)
         for name in clips:
             height, width = CLI_CLIPS[name]
-            folder = base / name
+            folder = base / f"{name}-{engine}"
             folder.mkdir()
             frames = _clip_files(folder, cfg.model.num_images, height, width)
             emb = folder / "embedding.png"
-            model = ["--model", str(ckpt), "--device", device, "--tile", str(tile)]
+            model = ["--model", str(ckpt), "--device", device, "--tile", str(tile),
+                     "--engine", engine]
             embed = _timed([*iicnet_cli, "embed", *model, *map(str, frames), "-o", str(emb)])
             restore = _timed([*iicnet_cli, "restore", *model, str(emb),
                               "-o", str(folder / "restored")])
             _, info = read(emb)
-            results[name] = {
+            results[name] = {"folder": str(folder),
                 "tiles": f"{len(info.tile_rows) - 1}x{len(info.tile_cols) - 1}",
                 "tile_rows": info.tile_rows, "tile_cols": info.tile_cols,
                 "embedding_png_bytes": emb.stat().st_size,
@@ -151,8 +178,10 @@ def run_cli(device: str, tile: int, clips: list[str]) -> dict:
 
 
 def cli_main(args: argparse.Namespace, device: str) -> int:
+    if len(args.engines) > 1:
+        return engines_main(args, device)
     load_before = os.getloadavg()
-    results = run_cli(device, args.tile, args.clips)
+    results = run_cli(device, args.tile, args.clips, args.engines[0])
     report = {
         "benchmark": "inference-cli",
         "setup": {"config": "video-k5 (published, random weights)", "k": 5,
@@ -168,6 +197,208 @@ def cli_main(args: argparse.Namespace, device: str) -> int:
     return 0
 
 
+# -- Halo ----------------------------------------------------------------------------------
+# Tiled against untiled, uint8 at both ends: how many values differ, by how much, and the
+# time, for each halo. Both the embedding and the images restored from it are compared (the
+# restored ones each from its own path's embedding, as a user would get them).
+
+PARITY = Path(__file__).resolve().parent.parent.parent / "shared" / "parity"
+
+
+def _differences(a: torch.Tensor, b: torch.Tensor) -> dict:
+    diff = (a.to(torch.int16) - b.to(torch.int16)).abs()
+    return {"max": int(diff.max()), "mean": float(diff.float().mean()),
+            "fraction_differing": float((diff > 0).float().mean()),
+            "fraction_over_1": float((diff > 1).float().mean())}
+
+
+def _round_trip(conv, stack: torch.Tensor, tile: int, halo: int) -> tuple[dict, torch.Tensor,
+                                                                           torch.Tensor]:
+    from iicnet.convert import tile_bounds
+
+    m = conv.multiple
+    rows, cols = (tile_bounds(stack.shape[2], tile, m), tile_bounds(stack.shape[3], tile, m))
+    t0 = time.perf_counter()
+    embedding = conv.encode_stack(stack, rows, cols, halo)
+    t1 = time.perf_counter()
+    restored = conv.decode_stack(embedding, rows, cols, halo)
+    t2 = time.perf_counter()
+    return {"embed_s": t1 - t0, "restore_s": t2 - t1,
+            "tiles": f"{len(rows) - 1}x{len(cols) - 1}"}, embedding, restored
+
+
+def _photo_stack(k: int, height: int, width: int, shift: int = 4) -> torch.Tensor:
+    """K frames panning across a real photograph, ``(K, 3, H, W)`` uint8."""
+    from skimage import data
+
+    photo = torch.from_numpy(data.coffee()).permute(2, 0, 1)
+    return torch.stack([photo[:, 20:20 + height, 20 + j * shift:20 + j * shift + width]
+                        for j in range(k)]).contiguous()
+
+
+def halo_main(args: argparse.Namespace) -> int:
+    from iicnet.convert import Converter, ModelSource
+    from iicnet.formats import official
+
+    load_before = os.getloadavg()
+    imported = official.import_checkpoint(PARITY / "st-06.pth")
+    conv = Converter(imported.model, imported.config, ModelSource("st-06", "st-06"),
+                     engine="torch")
+    stack = _photo_stack(conv.num_images, args.height, args.width)
+    _, whole_e, whole_r = _round_trip(conv, stack, 0, 0)
+    curve = []
+    for halo in args.halos:
+        timing, e, r = _round_trip(conv, stack, args.tile, halo)
+        curve.append({"halo": halo, **timing, "embedding": _differences(e, whole_e),
+                      "restored": _differences(r, whole_r)})
+        c = curve[-1]
+        print(f"halo {halo:3d}: embedding max {c['embedding']['max']} "
+              f"({c['embedding']['fraction_differing']:.4%} differ), restored max "
+              f"{c['restored']['max']} ({c['restored']['fraction_differing']:.4%} differ, "
+              f"{c['restored']['fraction_over_1']:.4%} by >1), "
+              f"{c['embed_s'] + c['restore_s']:.1f} s", flush=True)
+        _write_halo(args, conv, load_before, curve)
+    return 0
+
+
+def _write_halo(args: argparse.Namespace, conv, load_before: tuple, curve: list) -> None:
+    """The curve so far (written after each halo, so a stopped run keeps its rows)."""
+    report = {
+        "benchmark": "halo",
+        "setup": {"model": "official st-06 (video K=3, x2 Haar, 10 blocks, trained)",
+                  "clip": f"{conv.num_images} frames of {args.height}x{args.width} panning "
+                          "across skimage's coffee photo", "tile": args.tile,
+                  "compared": "tiled vs untiled uint8: the embedding, and the images each "
+                              "path restores from its own embedding"},
+        "machine": {**describe(), "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()},
+        "curve": curve,
+    }
+    out = Path(__file__).resolve().parent / "results" / "halo.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def big_main(args: argparse.Namespace) -> int:
+    """1920x1080 K=5, the published design with perturbed weights: tiled (default tile and
+    halo) against untiled, each in its own process for its own peak memory."""
+    from iicnet.convert import DEFAULT_HALO, DEFAULT_TILE
+
+    if args.one:
+        tile, halo = (int(v) for v in args.one.split(","))
+        from iicnet.convert import Converter, ModelSource
+
+        cfg = Config()
+        torch.manual_seed(0)
+        model = IICNet(cfg)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+        conv = Converter(model.eval(), cfg, ModelSource("k5", "k5"), engine="torch")
+        stack = _clip_stack(cfg.model.num_images, 1080, 1920)
+        base = current_rss_mib()
+        timing, e, r = _round_trip(conv, stack, tile, halo)
+        timing["peak_memory_mib"] = peak_rss_mib() - base
+        torch.save({"e": e, "r": r}, args.out)
+        print(json.dumps(timing))
+        return 0
+    load_before = os.getloadavg()
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, tile, halo in (("tiled", DEFAULT_TILE, DEFAULT_HALO), ("untiled", 0, 0)):
+            out = Path(tmp) / f"{name}.pt"
+            cmd = [sys.executable, __file__, "--big", "--one", f"{tile},{halo}", "--out",
+                   str(out)]
+            text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            runs[name] = {"tile": tile, "halo": halo,
+                          **json.loads(text.strip().splitlines()[-1])}
+            runs[name]["outputs"] = torch.load(out, weights_only=True)
+            print(name, {k: v for k, v in runs[name].items() if k != "outputs"}, flush=True)
+        tiled, whole = runs["tiled"].pop("outputs"), runs["untiled"].pop("outputs")
+    report = {
+        "benchmark": "halo-1080p",
+        "setup": {"config": "video-k5 (published design, random weights + 0.02 noise)",
+                  "clip": "5 frames of 1920x1080 panning across skimage's astronaut photo",
+                  "device": "cpu", "engine": "torch"},
+        "machine": {**describe(), "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()},
+        "runs": runs,
+        "embedding": _differences(tiled["e"], whole["e"]),
+        "restored": _differences(tiled["r"], whole["r"]),
+        "extra_time": ((runs["tiled"]["embed_s"] + runs["tiled"]["restore_s"])
+                       / (runs["untiled"]["embed_s"] + runs["untiled"]["restore_s"])),
+    }
+    out = Path(__file__).resolve().parent / "results" / "halo-1080p.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("embedding", "restored", "extra_time")}))
+    return 0
+
+
+def _clip_stack(k: int, height: int, width: int) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _clip_files(Path(tmp), k, height, width)
+        frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    order = [k // 2, *[j for j in range(k) if j != k // 2]]
+    return torch.from_numpy(np.stack([frames[j] for j in order])).permute(0, 3, 1, 2)
+
+
+def engines_main(args: argparse.Namespace, device: str) -> int:
+    """The CLI per engine on the same clips and checkpoint; speed-up over torch, outputs."""
+    import numpy as np
+    from PIL import Image
+
+    from iicnet.formats.embedding_png import read
+
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        env_cache = os.environ.setdefault("IICNET_CACHE", str(base / "cache"))
+        per_engine = {e: run_cli(device, args.tile, args.clips, e, base) for e in args.engines}
+        comparison = {}
+        for name in args.clips:
+            ref = per_engine["torch"][name]
+            for engine in args.engines:
+                got = per_engine[engine][name]
+                got["speedup_over_torch"] = ref["total_s"] / got["total_s"]
+                a = read(Path(ref["folder"]) / "embedding.png")[0].astype(np.int16)
+                b = read(Path(got["folder"]) / "embedding.png")[0].astype(np.int16)
+                restored = [np.abs(np.asarray(Image.open(x), np.int16)
+                                   - np.asarray(Image.open(y), np.int16))
+                            for x, y in zip(sorted((Path(ref["folder"]) / "restored").iterdir()),
+                                            sorted((Path(got["folder"]) / "restored").iterdir()))]
+                r = np.stack(restored)
+                comparison[f"{name} {engine} vs torch"] = {
+                    "embedding_max": int(np.abs(a - b).max()),
+                    "embedding_fraction_differing": float((a != b).mean()),
+                    "restored_max": int(r.max()), "restored_fraction_differing":
+                    float((r > 0).mean())}
+    report = {
+        "benchmark": "inference-engines",
+        "setup": {"config": "video-k5 (published, random weights)", "k": 5, "device": device,
+                  "tile": args.tile, "engines": args.engines, "cache": env_cache,
+                  "commands": "iicnet embed FRAMES -o emb.png --engine E; iicnet restore "
+                              "emb.png -o DIR --engine E (each its own process)"},
+        "machine": {**describe(), "load_average_before": load_before,
+                    "load_average_after": os.getloadavg(),
+                    "note": "a shared 2-core machine, loaded by other developers' jobs while "
+                            "this ran: compare engines within this file only"},
+        "results": per_engine,
+        "outputs": comparison,
+    }
+    out = Path(__file__).resolve().parent / "results" / f"inference-engines-{device}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for name in args.clips:
+        for engine in args.engines:
+            r = per_engine[engine][name]
+            print(f"{name} {engine}: {r['total_s']:.1f} s ({r['speedup_over_torch']:.2f}x)")
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2)
@@ -179,7 +410,20 @@ def main() -> int:
     p.add_argument("--cli", action="store_true", help="time the iicnet CLI end to end")
     p.add_argument("--tile", type=int, default=512, help="--tile of the CLI (0: no tiling)")
     p.add_argument("--clips", nargs="+", default=list(CLI_CLIPS), choices=list(CLI_CLIPS))
+    p.add_argument("--engines", nargs="+", default=["torch"], choices=["torch", "openvino"],
+                   help="--engine of the CLI; several: compare them (torch first)")
+    p.add_argument("--halo", action="store_true", help="the halo / difference / time curve")
+    p.add_argument("--halos", type=int, nargs="+", default=[0, 8, 16, 24, 32, 48])
+    p.add_argument("--big", action="store_true", help="1920x1080 K=5 tiled vs untiled")
+    p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.halo:
+        args.height, args.width, args.tile = (args.height if args.height != 480 else 192,
+                                              args.width if args.width != 854 else 320,
+                                              args.tile if args.tile != 512 else 64)
+        return halo_main(args)
+    if args.big:
+        return big_main(args)
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
     if args.cli:

@@ -9,6 +9,7 @@ temporary folder; it checks request signatures like AWS does. Tests reach it thr
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import socket
@@ -22,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# What --engine auto picks is pinned to torch here: most tests compare with the torch model
+# bit for bit, and converting each tiny model for OpenVINO costs seconds; test_engine.py asks
+# for OpenVINO by name.
+os.environ.setdefault("IICNET_ENGINE", "torch")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from iicnet.convert import DEFAULT_TILE, Converter, ModelSource
+from iicnet.convert import DEFAULT_HALO, DEFAULT_TILE, Converter, ModelSource
 from iicnet.formats.imagefiles import InputError
 from iicnet.model import IICNet
 from iicnet.model.config import Config
@@ -80,13 +80,16 @@ def load_model(uri: str, device: torch.device | str = "cpu"
 
 
 def load(model: str | Path, *, device: str = "auto", tile: int = DEFAULT_TILE,
-         progress: bool = False) -> Converter:
+         progress: bool = False, engine: str = "auto", halo: int = DEFAULT_HALO) -> Converter:
     """A :class:`Converter` for a registered model (``models:/iicnet-video@champion``,
     ``models:/iicnet-video/3``, ``runs:/<run_id>/model``; tracking server from
     ``MLFLOW_TRACKING_URI``) or a local checkpoint directory.
 
     ``device``: cpu, cuda or auto. ``tile``: largest tile side in pixels (0: no tiling).
+    ``engine``: torch, openvino (CPU; torch with a note when it is not installed) or auto
+    (openvino on the CPU when installed). ``halo``: pixels of context around each tile.
     """
     torch_device = resolve_device(device)
     net, config, source = load_model(str(model))
-    return Converter(net, config, source, device=torch_device, tile=tile, progress=progress)
+    return Converter(net, config, source, device=torch_device, tile=tile, progress=progress,
+                     engine=engine, halo=halo)

@@ -52,7 +52,8 @@ def _warn(message: str) -> None:
 def _converter(args: argparse.Namespace):
     from iicnet.app.api import load
 
-    return load(args.model, device=args.device, tile=args.tile, progress=True)
+    return load(args.model, device=args.device, tile=args.tile, progress=True,
+                engine=args.engine, halo=args.halo)
 
 
 def _progress(items, desc: str, unit: str, total: int | None = None):
@@ -302,7 +303,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from iicnet.convert import DEFAULT_TILE
+    from iicnet.convert import DEFAULT_HALO, DEFAULT_TILE, ENGINES
 
     parser = argparse.ArgumentParser(prog="iicnet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -317,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tile", type=int, default=tile,
                        help=f"largest tile side in pixels, bounding memory (default {tile}; "
                             "0: whole images)")
+        p.add_argument("--halo", type=int, default=DEFAULT_HALO,
+                       help="pixels of context computed around each tile so tiles join "
+                            f"without seams (default {DEFAULT_HALO}; restore uses the "
+                            "embedding's)")
+        p.add_argument("--engine", choices=ENGINES, default="auto",
+                       help="what runs the network: torch, or openvino on the CPU (pip "
+                            "install 'iicnet[fast]'); default auto: openvino on the CPU "
+                            "when installed")
 
     embed = sub.add_parser("embed", help="K images (files, a folder, a glob, a video) -> one "
                                          "PNG")

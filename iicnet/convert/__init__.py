@@ -8,7 +8,9 @@ from iicnet.convert.converter import (
     UncheckedEmbedding,
     weights_fingerprint,
 )
-from iicnet.convert.tiling import DEFAULT_TILE, MIN_TILE, progress_bar, tile_bounds
+from iicnet.convert.engine import ENGINES
+from iicnet.convert.tiling import DEFAULT_HALO, DEFAULT_TILE, MIN_TILE, progress_bar, tile_bounds
 
-__all__ = ["DEFAULT_TILE", "MIN_TILE", "Converter", "MismatchError", "ModelSource",
-           "UncheckedEmbedding", "progress_bar", "tile_bounds", "weights_fingerprint"]
+__all__ = ["DEFAULT_HALO", "DEFAULT_TILE", "ENGINES", "MIN_TILE", "Converter", "MismatchError",
+           "ModelSource", "UncheckedEmbedding", "progress_bar", "tile_bounds",
+           "weights_fingerprint"]

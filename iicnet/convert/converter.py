@@ -13,14 +13,21 @@ stereo, normal then zoomed for dual-view, cover first for hiding. ``conv.names``
 
 Any size works. The images are padded at the bottom and right (edge pixels repeated) to the
 model's multiple and cropped back after restoring. Large images are cut into a grid of tiles
-of at most ``tile`` x ``tile`` pixels (default :data:`DEFAULT_TILE`), each encoded and
-decoded on its own, so memory is bounded by one tile whatever the image size; the grid is
-recorded in the PNG and restoring uses the same one. Tile sides are near-equal multiples of
-the model's multiple (a 1920x1080 frame becomes 4 x 3 tiles of 480x360). Measured peak
-memory for one 512x512 tile of the published video K=5 design (float32, CPU): about
-1.4 GiB above the loaded model, growing with the tile's area and with K; a 1920x1080 K=5 clip
-in one piece would need about 11 GiB. ``tile=0`` turns tiling off (what the paper's tables
-were measured with, and what ``iicnet eval`` does).
+of at most ``tile`` x ``tile`` pixels (default :data:`DEFAULT_TILE`). Each tile is encoded
+and decoded on a window enlarged by ``halo`` pixels of context on every side (clipped to the
+image; default :data:`DEFAULT_HALO`) and only the tile's own part is kept, so a tiled result
+equals the untiled one to within rounding, without seams, while memory is bounded by one
+window of (tile + 2 halo)^2 pixels whatever the image size. The grid and the halo are
+recorded in the PNG and restoring uses the same ones (an embedding written before the halo
+existed records none, and is restored tile by tile as it was made). Tile sides are
+near-equal multiples of the model's multiple (a 1920x1080 frame becomes 4 x 3 tiles of
+480x360). Measured peak memory for one 512x512 tile of the published video K=5 design
+(float32, CPU, no halo): about 1.4 GiB above the loaded model, growing with the window's area
+and with K; a 1920x1080 K=5 clip in one piece would need about 11 GiB. ``tile=0`` turns
+tiling off (what the paper's tables were measured with, and what ``iicnet eval`` does).
+
+``engine`` chooses what runs the network: torch, or OpenVINO on the CPU (see
+:mod:`iicnet.convert.engine`); ``auto`` takes OpenVINO on the CPU when it is installed.
 """
 
 from __future__ import annotations
@@ -34,7 +41,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from iicnet.convert.tiling import DEFAULT_TILE, MIN_TILE, progress_bar, tile_bounds
+from iicnet.convert import engine as engines
+from iicnet.convert.tiling import (
+    DEFAULT_HALO,
+    DEFAULT_TILE,
+    MIN_TILE,
+    Span,
+    halo_for,
+    progress_bar,
+    spans,
+    tile_bounds,
+)
 from iicnet.formats import embedding_png
 from iicnet.formats.embedding_png import EmbeddingFileError, EmbeddingInfo
 from iicnet.formats.imagefiles import InputError, check_same_size
@@ -87,7 +104,7 @@ class Converter:
 
     def __init__(self, model: IICNet, config: Config, source: ModelSource, *,
                  device: torch.device | str = "cpu", tile: int = DEFAULT_TILE,
-                 progress: bool = False):
+                 progress: bool = False, engine: str = "auto", halo: int = DEFAULT_HALO):
         from iicnet.tasks import get_task
 
         if tile and tile < MIN_TILE:
@@ -98,6 +115,10 @@ class Converter:
         self.model = model.to(self.device).eval()
         self.config, self.source = config, source
         self.tile, self.progress = tile, progress
+        if halo < 0:
+            raise InputError(f"halo {halo}: must be 0 or more pixels")
+        self.halo = halo_for(halo, self.model.multiple)
+        self.engine = engines.make(engine, self.model, self.device, self.fingerprint)
         task = get_task(config)
         self.task = task.name
         k = config.model.num_images
@@ -125,26 +146,35 @@ class Converter:
 
     # -- the model on a tile grid -------------------------------------------------------
 
-    def encode_stack(self, x: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
+    def encode_stack(self, x: torch.Tensor, rows: list[int], cols: list[int],
+                     halo: int | None = None) -> torch.Tensor:
         """``(K, C, H, W)`` uint8 in stack order -> ``(C_e, H/s, W/s)`` uint8, tile by tile on
-        the grid ``rows`` x ``cols`` (boundaries in input pixels)."""
+        the grid ``rows`` x ``cols`` (boundaries in input pixels), each computed with ``halo``
+        pixels of context (default: this converter's)."""
         s = self.scale
         out = torch.empty((self.config.model.embed_channels, rows[-1] // s, cols[-1] // s),
                           dtype=torch.uint8)
-        for (r0, r1), (c0, c1) in self._grid(rows, cols, "embedding"):
-            tile = self._colour(x[:, :, r0:r1, c0:c1][None].to(self.device), 2)
-            embedding = self._colour(self.model.encode(tile), 1)
-            out[:, r0 // s:r1 // s, c0 // s:c1 // s] = embedding[0].cpu()
+        for rs, cs in self._grid(rows, cols, halo, "embedding"):
+            window = x[:, :, rs.start:rs.stop, cs.start:cs.stop][None].to(self.device)
+            embedding = self._colour(self.engine.encode(self._colour(window, 2)), 1)[0].cpu()
+            r, c = rs.scaled(s), cs.scaled(s)
+            out[:, slice(*r.tile), slice(*c.tile)] = embedding[:, r.keep0:r.keep1,
+                                                               c.keep0:c.keep1]
         return out
 
-    def decode_stack(self, e: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
-        """``(C_e, H/s, W/s)`` uint8 -> ``(K, C, H, W)`` uint8 in stack order, on the grid."""
+    def decode_stack(self, e: torch.Tensor, rows: list[int], cols: list[int],
+                     halo: int | None = None) -> torch.Tensor:
+        """``(C_e, H/s, W/s)`` uint8 -> ``(K, C, H, W)`` uint8 in stack order, on the grid and
+        with the halo the embedding was made with."""
         s = self.scale
         out = torch.empty((self.num_images, self.config.model.image_channels, rows[-1],
                            cols[-1]), dtype=torch.uint8)
-        for (r0, r1), (c0, c1) in self._grid(rows, cols, "restoring"):
-            tile = self._colour(e[:, r0 // s:r1 // s, c0 // s:c1 // s][None].to(self.device), 1)
-            out[:, :, r0:r1, c0:c1] = self._colour(self.model.decode(tile), 2)[0].cpu()
+        for rs, cs in self._grid(rows, cols, halo, "restoring"):
+            r, c = rs.scaled(s), cs.scaled(s)
+            window = e[:, r.start:r.stop, c.start:c.stop][None].to(self.device)
+            images = self._colour(self.engine.decode(self._colour(window, 1)), 2)[0].cpu()
+            out[:, :, slice(*rs.tile), slice(*cs.tile)] = images[:, :, rs.keep0:rs.keep1,
+                                                                 cs.keep0:cs.keep1]
         return out
 
     def _colour(self, t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -154,10 +184,12 @@ class Converter:
             return t
         return t.flip(dim)
 
-    def _grid(self, rows: list[int], cols: list[int], desc: str
-              ) -> Iterable[tuple[tuple[int, int], tuple[int, int]]]:
-        cells = [((r0, r1), (c0, c1)) for r0, r1 in zip(rows, rows[1:])
-                 for c0, c1 in zip(cols, cols[1:])]
+    def _grid(self, rows: list[int], cols: list[int], halo: int | None, desc: str
+              ) -> Iterable[tuple[Span, Span]]:
+        halo = self.halo if halo is None else halo
+        if halo % self.scale:
+            raise ValueError(f"halo {halo}: not a multiple of the model's scale {self.scale}")
+        cells = [(r, c) for r in spans(rows, halo) for c in spans(cols, halo)]
         return progress_bar(cells, desc, self.progress and len(cells) > 1)
 
     # -- embedding ---------------------------------------------------------------------
@@ -200,7 +232,8 @@ class Converter:
         stack = np.pad(stack, ((0, 0), (0, pad[0]), (0, pad[1]), (0, 0)), mode="edge")
         rows = tile_bounds(height + pad[0], self.tile, m)
         cols = tile_bounds(width + pad[1], self.tile, m)
-        out = self.encode_stack(torch.from_numpy(stack).permute(0, 3, 1, 2), rows, cols)
+        out = self.encode_stack(torch.from_numpy(stack).permute(0, 3, 1, 2), rows, cols,
+                                self.halo)
         info = self._info([height, width], list(pad), rows, cols, fps)
         return out.permute(1, 2, 0).numpy(), info
 
@@ -211,6 +244,7 @@ class Converter:
             weights=self.fingerprint, task=self.task, num_images=self.num_images,
             embed_channels=self.config.model.embed_channels, scale=self.scale, size=size,
             padding=padding, tile_rows=rows, tile_cols=cols, names=self.names, fps=fps,
+            halo=self.halo,
             distortion=({"kind": "jpeg", "quality": list(self.jpeg_quality)}
                         if self.jpeg_quality else {"kind": "off"}),
         )
@@ -346,7 +380,7 @@ class Converter:
     def restore_pixels(self, pixels: np.ndarray, info: EmbeddingInfo) -> list[np.ndarray]:
         """Decode checked embedding pixels on the recorded tile grid, crop, natural order."""
         e = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).permute(2, 0, 1)
-        out = self.decode_stack(e, info.tile_rows, info.tile_cols)
+        out = self.decode_stack(e, info.tile_rows, info.tile_cols, info.halo)
         k = self.num_images
         height, width = info.size
         stack = out[:, :, :height, :width].permute(0, 2, 3, 1).numpy()

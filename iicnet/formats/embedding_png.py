@@ -25,6 +25,9 @@ embedding) with one ``tEXt`` chunk per field of :class:`EmbeddingInfo`, keyed
                     [low, high]}`` for a model trained through JPEG at qualities low..high
                     (it restores a JPEG re-encoding), ``{"kind": "off"}`` for one trained
                     without; absent in files written before it was recorded
+``halo``            pixels of context each tile was computed with (a multiple of
+                    ``scale``); restoring uses the same; absent (0) in files written
+                    before tiles had context
 ==================  =====================================================================
 
 Writes are atomic (a temporary name, then a rename), so a failed ``embed`` leaves no file.
@@ -86,6 +89,8 @@ class EmbeddingInfo:
     distortion: dict | None = None
     """``{"kind": "jpeg", "quality": [low, high]}`` or ``{"kind": "off"}``; None: unknown
     (a file written before this field existed)."""
+    halo: int = 0
+    """Context around each tile, in input pixels; 0 in files written before it existed."""
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -188,6 +193,8 @@ def _check_geometry(info: EmbeddingInfo, where: str) -> None:
     if not (bounds_ok(info.tile_rows) and bounds_ok(info.tile_cols)):
         raise EmbeddingFileError(f"{where}: damaged iicnet metadata (tile grid "
                                  f"{info.tile_rows} x {info.tile_cols})")
+    if not (isinstance(info.halo, int) and info.halo >= 0 and info.halo % info.scale == 0):
+        raise EmbeddingFileError(f"{where}: damaged iicnet metadata (halo {info.halo!r})")
     height, width = info.size
     bottom, right = info.padding
     if (height + bottom, width + right) != info.padded_size:
