@@ -51,9 +51,9 @@ def cache_root() -> Path:
 
 def choose(engine: str, device: torch.device) -> str:
     """The engine that will run. ``auto`` is ``$IICNET_ENGINE`` when set, else OpenVINO on
-    the CPU when it is installed (faster there: ``bench/results/inference-engines-cpu.json``)
-    and torch elsewhere; an explicit ``openvino`` without OpenVINO installed falls back to
-    torch with a note."""
+    the CPU when it is installed (faster there; ``bench/inference.py --cli --engines torch
+    openvino`` measures it) and torch elsewhere; an explicit ``openvino`` without OpenVINO
+    installed falls back to torch with a note."""
     if engine not in ENGINES:
         raise InputError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
     if engine == "auto" and os.environ.get("IICNET_ENGINE"):
