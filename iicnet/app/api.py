@@ -73,7 +73,7 @@ def load_model(uri: str, device: torch.device | str = "cpu"
         name, version = registry.registered_version(uri, server)
     except ImportError as exc:
         raise ModelError(f"{uri}: loading registered models needs MLflow: pip install "
-                         f"'iicnet[ray]' ({exc})") from exc
+                         f"'iicnet[registry]' ({exc})") from exc
     except (registry.TrackingError, CheckpointError) as exc:
         raise ModelError(str(exc)) from exc
     return model.to(device).eval(), config, ModelSource(uri, name or uri, version)
