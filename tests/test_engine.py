@@ -17,7 +17,8 @@ from iicnet.formats import checkpoint, embedding_png, official
 from iicnet.formats.imagefiles import InputError
 from tests.test_convert import ROOT, photo_clip, tiny_model
 
-PARITY = ROOT.parent / "shared" / "parity"
+PARITY = Path(os.environ.get("IICNET_PARITY") or ROOT.parent / "shared" / "parity")
+"""The parity data (official checkpoints and outputs); ``IICNET_PARITY`` names another place."""
 STEMS = ["st-06", "dual-01-1block", "supp-gray-01-1block"]
 FLOAT_TOLERANCE = 1e-5
 CPU = torch.device("cpu")

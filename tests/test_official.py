@@ -6,6 +6,7 @@ file (truncated, another configuration, a pickle that would run code) is refused
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from iicnet.model.config import from_dict
 from tests.fixtures_mlflow import mlflow_server  # noqa: F401 (fixture)
 from tests.test_convert import ROOT
 
-PARITY = ROOT.parent / "shared" / "parity"
+PARITY = Path(os.environ.get("IICNET_PARITY") or ROOT.parent / "shared" / "parity")
+"""The parity data (official checkpoints and outputs); ``IICNET_PARITY`` names another place."""
 STEMS = ["st-06", "dual-01-1block", "supp-gray-01-1block"]
 INFERRED = {
     "st-06": "configs/video-k3-x2.yaml",
