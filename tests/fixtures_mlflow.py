@@ -11,6 +11,7 @@ the same store, a SQLite one). Import the fixtures into a test module to use the
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import urllib.request
@@ -61,7 +62,8 @@ def stop_mlflow(process: subprocess.Popen) -> None:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory,
                   postgres_server: Postgres):
     base = tmp_path_factory.mktemp("mlflow")
-    backend = postgres_server.create_database("mlflow")
+    # A fresh database per instance: each test module that imports this fixture gets one.
+    backend = postgres_server.create_database(f"mlflow_{secrets.token_hex(4)}")
     process, url = start_mlflow(backend, base / "artifacts", base / "server.log")
     try:
         yield url
