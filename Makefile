@@ -26,7 +26,10 @@ postgres:
 test: $(STAMP) postgres
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	# Two processes: in one long-lived process the full suite ended in a segfault partway
+	# through tests/test_faults.py (native state from earlier tests; not yet pinned down).
+	$(PY) -m pytest -q $(wildcard tests/test_[a-e]*.py)
+	$(PY) -m pytest -q $(wildcard tests/test_[f-z]*.py)
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py
