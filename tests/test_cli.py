@@ -75,7 +75,8 @@ def test_glob_and_file_inputs_keep_their_order(capsys, ckpt: Path, frames: list[
     assert embed(capsys, ckpt, by_glob, str(frames[0].parent / "*.png"))[0] == 0
     assert embed(capsys, ckpt, by_files, *frames)[0] == 0
     assert np.array_equal(embedding_png.read(by_glob)[0], embedding_png.read(by_files)[0])
-    assert embed(capsys, ckpt, by_files, frames[2], frames[1], frames[0])[0] == 0
+    assert embed(capsys, ckpt, by_files, frames[2], frames[1], frames[0],
+                 extra=("--overwrite",))[0] == 0
     assert not np.array_equal(embedding_png.read(by_glob)[0], embedding_png.read(by_files)[0])
 
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from iicnet.formats import config_file
@@ -29,6 +32,7 @@ from iicnet.model.config import ConfigError
 from iicnet.storage import StorageError
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_FPS = 1000.0
 
 
 class UserError(Exception):
@@ -56,6 +60,52 @@ def _converter(args: argparse.Namespace):
                 engine=args.engine, halo=args.halo)
 
 
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two local paths name one file (through links, ``..`` or case folding)."""
+    a, b = Path(a), Path(b)
+    try:
+        return a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _check_output(option: str, target: str | Path, inputs: list[str | Path],
+                  overwrite: bool) -> None:
+    """Refuse an output that is one of the inputs (always), or that exists (unless
+    ``overwrite``), before any work is done."""
+    from iicnet import storage
+
+    if storage.is_s3(target):
+        if not overwrite and storage.exists(target):
+            raise UserError(f"{option} {target}: exists; pass --overwrite to replace it")
+        return
+    clash = next((p for p in inputs if not storage.is_s3(p) and _same_file(p, target)), None)
+    if clash is not None:
+        raise UserError(f"{option} {target}: is the input {clash}; writing there would "
+                        "destroy it: give another name")
+    if Path(target).is_dir():
+        raise UserError(f"{option} {target}: a folder; give a file name")
+    if Path(target).exists() and not overwrite:
+        raise UserError(f"{option} {target}: exists; pass --overwrite to replace it")
+
+
+@contextmanager
+def _writing(option: str, target: str | Path) -> Iterator[None]:
+    """Turn an operating-system failure to write ``target`` (unwritable, read-only, full, a
+    file where a folder is needed) into a message; the atomic writers leave nothing behind."""
+    try:
+        yield
+    except OSError as exc:
+        name = str(exc.filename or "")
+        if isinstance(exc, (FileExistsError, NotADirectoryError)) and Path(name).is_file():
+            why = f"{name} is a file, not a folder"
+        else:
+            why = (exc.strerror or str(exc)) + (f" ({name})" if name and name != str(target)
+                                                else "")
+        raise UserError(f"{option} {target}: cannot write it: {why}; nothing was "
+                        "written") from exc
+
+
 def _progress(items, desc: str, unit: str, total: int | None = None):
     from iicnet.convert import progress_bar
 
@@ -72,6 +122,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise UserError(f"-o {out}: the embedding must be a .png file (lossy formats such as "
                         "JPEG destroy what is hidden in it)")
     paths = imagefiles.expand(args.inputs)
+    _check_output("-o", out, paths, args.overwrite)
     conv = _converter(args)
     fps = None
     if len(paths) == 1 and imagefiles.is_video(paths[0]):
@@ -87,7 +138,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         images = [imagefiles.read_image(p) for p in _progress(paths, "reading", "file")]
         labels = [str(p) for p in paths]
     pixels, info = conv.embed_pixels(images, labels=labels, fps=fps)
-    embedding_png.write(out, pixels, info)
+    with _writing("-o", out):
+        embedding_png.write(out, pixels, info)
     height, width = info.size
     print(f"{out}: {conv.num_images} images of {width}x{height} ({', '.join(conv.names)}) "
           f"in one {pixels.shape[1]}x{pixels.shape[0]} PNG, by {conv.describe()}")
@@ -103,27 +155,52 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UserError("say where to put the images: -o DIR and/or --video out.mp4")
     if args.video is not None and args.video.suffix.lower() != ".mp4":
         raise UserError(f"--video {args.video}: write an .mp4 file")
+    if args.fps is not None and not (math.isfinite(args.fps) and 0 < args.fps <= MAX_FPS):
+        raise UserError(f"--fps {args.fps}: a frame rate is a number in (0, {MAX_FPS}]")
+    if args.video is not None:
+        _check_output("--video", args.video, [args.embedding], args.overwrite)
     conv = _converter(args)
     pixels, info = _read_embedding(conv, args)
     if args.allow_lossy and conv.jpeg_quality is None:
         _warn(f"{args.embedding}: restoring a lossy or altered embedding; expect a large "
               "drop in quality")
-    images = conv.restore_pixels(pixels, info)
-    width = len(str(len(images) - 1))
-    files = {f"{j:0{max(2, width)}d}-{name}.png": image
-             for j, (name, image) in enumerate(zip(conv.names, images))}
+    width = len(str(conv.num_images - 1))
+    names = [f"{j:0{max(2, width)}d}-{name}.png" for j, name in enumerate(conv.names)]
     if args.output is not None:
-        imagefiles.write_images(args.output, files,
-                                lambda names: _progress(names, "writing", "file"))
+        _check_folder(args.output, names, args.embedding, args.overwrite)
+    images = conv.restore_pixels(pixels, info)
+    files = dict(zip(names, images))
+    if args.output is not None:
+        with _writing("-o", args.output):
+            imagefiles.write_images(args.output, files,
+                                    lambda names: _progress(names, "writing", "file"))
         print(f"{args.output}: {len(files)} images ({', '.join(files)})")
     if args.video is not None:
         from iicnet.storage.atomic import replacing
 
         fps = args.fps or info.fps or 5.0
-        with replacing(args.video) as tmp:
+        with _writing("--video", args.video), replacing(args.video) as tmp:
             imagefiles.write_video(tmp, images, fps)
         print(f"{args.video}: {len(images)} frames at {fps:g} fps")
     return 0
+
+
+def _check_folder(directory: Path, names: list[str], embedding: str, overwrite: bool) -> None:
+    """A restore adds its K files to ``directory``: say which existing files it would
+    replace (refused without ``--overwrite``), and never replace the embedding itself."""
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"-o {directory}: a file; give a folder for the restored images")
+    if not directory.is_dir():
+        return
+    present = [name for name in names if (directory / name).exists()]
+    clash = next((n for n in present if _same_file(directory / n, embedding)), None)
+    if clash is not None:
+        raise UserError(f"-o {directory}: restoring would replace {clash}, the embedding "
+                        "being restored: give another folder")
+    if present and not overwrite:
+        raise UserError(f"-o {directory}: restoring would replace {len(present)} file(s) "
+                        f"there ({', '.join(present)}); pass --overwrite to replace them, or "
+                        "give another folder")
 
 
 def _read_embedding(conv, args: argparse.Namespace):
@@ -334,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="K image files in natural order (time order for a clip), folders, "
                             "glob patterns, or one video file")
     embed.add_argument("-o", "--output", required=True, help="the embedding PNG to write")
+    embed.add_argument("--overwrite", action="store_true",
+                       help="replace the output file if it exists (never an input)")
     embed.add_argument("--step", type=int, help="frames between the K picked from a video "
                                                 "(default: the model's data.step)")
     embed.set_defaults(func=cmd_embed)
@@ -345,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--video", type=Path, help="also write the images as an .mp4")
     restore.add_argument("--fps", type=float, help="frame rate of --video (default: the "
                                                    "source video's, else 5)")
+    restore.add_argument("--overwrite", action="store_true",
+                         help="replace same-named files in -o DIR and an existing --video "
+                              "(never the embedding itself)")
     restore.add_argument("--allow-lossy", action="store_true",
                          help="restore a JPEG or altered embedding anyway (quality drops)")
     restore.set_defaults(func=cmd_restore)

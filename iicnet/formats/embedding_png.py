@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
@@ -158,6 +159,7 @@ def _parse_info(text: dict[str, str], where: str) -> EmbeddingInfo:
                      if f.name not in values and f.default is MISSING)
     if missing:
         raise EmbeddingFileError(f"{where}: iicnet metadata lacks {', '.join(missing)}")
+    _check_fields(values, where)
     info = EmbeddingInfo(**{k: v for k, v in values.items() if k in known})
     _check_distortion(info.distortion, where)
     try:
@@ -167,6 +169,62 @@ def _parse_info(text: dict[str, str], where: str) -> EmbeddingInfo:
             raise
         raise EmbeddingFileError(f"{where}: damaged iicnet metadata ({exc})") from exc
     return info
+
+
+MAX_SIDE = 1 << 16
+"""Largest image side a file may claim (PNG itself allows 2**31 - 1)."""
+MAX_FPS = 1000.0
+
+
+def _int_in(low: int, high: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _ints(count: int, low: int, high: int):
+    return lambda v: (isinstance(v, list) and len(v) == count
+                      and all(_int_in(low, high)(x) for x in v))
+
+
+def _text(v: object) -> bool:
+    return isinstance(v, str) and len(v) <= 4096
+
+
+def _fps(v: object) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                         and math.isfinite(v) and 0 < v <= MAX_FPS)
+
+
+FIELD_CHECKS = {
+    "model": (_text, "a string"),
+    "model_version": (_text, "a string"),
+    "weights": (_text, "a string"),
+    "task": (_text, "a task name"),
+    "num_images": (_int_in(1, 64), "a whole number 1..64"),
+    "embed_channels": (lambda v: v in (1, 3) and not isinstance(v, bool), "1 or 3"),
+    "scale": (lambda v: v in (1, 2, 4, 8) and not isinstance(v, bool), "1, 2, 4 or 8"),
+    "size": (_ints(2, 1, MAX_SIDE), f"[height, width], each 1..{MAX_SIDE}"),
+    "padding": (_ints(2, 0, MAX_SIDE), f"[bottom, right], each 0..{MAX_SIDE}"),
+    "names": (lambda v: isinstance(v, list) and all(_text(x) for x in v), "a list of names"),
+    "pixels": (_text, "a hex digest"),
+    "fps": (_fps, f"null or a frame rate in (0, {MAX_FPS:g}]"),
+}
+"""What each scalar field of the metadata may hold; the tile grid, halo and distortion are
+checked against each other after these."""
+
+
+def _check_fields(values: dict, where: str) -> None:
+    """Each field's type and range, so an edited file is refused by name instead of failing
+    deep inside restoration (``scale: 0`` dividing by zero, ``fps: NaN`` in a video)."""
+    for name, (ok, expected) in FIELD_CHECKS.items():
+        if name in values and not ok(values[name]):
+            shown = repr(values[name])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise EmbeddingFileError(f"{where}: damaged iicnet metadata ({PREFIX}{name} is "
+                                     f"{shown}; expected {expected})")
+    names, count = values.get("names"), values.get("num_images")
+    if isinstance(names, list) and len(names) != count:
+        raise EmbeddingFileError(f"{where}: damaged iicnet metadata ({len(names)} names for "
+                                 f"{count} images)")
 
 
 def _check_distortion(value: object, where: str) -> None:
