@@ -21,8 +21,23 @@ log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
-    """Files of the embedded default: ``$IICNET_CACHE`` or ``.iicnet/`` in the repository."""
-    return Path(os.environ.get("IICNET_CACHE") or REPO / ".iicnet").resolve()
+    """Files of the embedded default: ``$IICNET_CACHE`` or ``.iicnet/`` in the repository
+    (where ``iicnet`` looks for the store when ``MLFLOW_TRACKING_URI`` is unset)."""
+    from iicnet.registry import LOCAL_STORE
+
+    return Path(os.environ.get("IICNET_CACHE") or REPO / LOCAL_STORE).resolve()
+
+
+def command(name: str) -> str:
+    """How to type the installed ``name`` (``iicnet``, ``mlflow``) in a fresh shell: its path
+    beside this Python (the venv's ``bin/``), relative to the current folder when inside it."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        return name
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def sample_shards(cache: Path | None = None) -> str:

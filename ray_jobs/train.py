@@ -56,7 +56,9 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,12 @@ from iicnet.storage.arrow import ray_storage
 from ray_jobs import common
 
 DEFAULT_CONFIG = common.REPO / "configs" / "video-k3-small.yaml"
+RECIPE_TAG = "iicnet.recipe"
+"""Run tag: a digest of what determines the trained weights (config, data manifests,
+workers, device), so a repeated default run is reused or resumed instead of redone."""
+REGISTERED_TAG = "iicnet.registered"
+RANKED_BY = "val/restored_psnr"
+"""The version tag an alias moves on: it only moves to a version that scores higher."""
 DRIVER_TAG = "iicnet.driver"
 """Run tag: the driver's host, pid and start time, so workers and a later --resume can tell
 whether it still lives."""
@@ -93,6 +101,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="continue the run of this name in --storage from its latest "
                         "checkpoint (and its MLflow run)")
     parser.add_argument("--name", help="name of a new run (default: <experiment>-<time>)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train anew even if a run of the same recipe (config, data, "
+                        "workers) finished or was interrupted; by default a finished one is "
+                        "reused and an interrupted one resumed")
+    parser.add_argument("--force-alias", action="store_true",
+                        help="point @candidate at the new version even if its validation "
+                        "restored PSNR is not higher than the current holder's")
     parser.add_argument("--max-failures", type=int, default=2,
                         help="worker-group restarts from the latest checkpoint (default 2)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -117,6 +132,37 @@ def check_data(source: str, split: str, cfg) -> int:
     from iicnet.tasks import check_shards
 
     return int(check_shards(source, cfg, split)["splits"][split]["samples"])
+
+
+def recipe_digest(cfg, data: str, val_data: str, args: argparse.Namespace) -> str:
+    """What determines the weights a run ends with, hashed: the config, the manifests of
+    the training and validation shards (their content, not only their paths), the number
+    of workers and the device."""
+    import hashlib
+
+    parts = [cfg.to_json(), str(args.num_workers), "gpu" if args.gpu else "cpu"]
+    for source in (data, val_data):
+        parts.append(hashlib.sha256(storage.read_bytes(storage.join(source, "manifest.json")))
+                     .hexdigest())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def same_recipe(uri: str, experiment: str, recipe: str, storage_path: str, filesystem: Any
+                ) -> tuple[str, str, str] | None:
+    """``(run name, status, registered)`` of the newest earlier run of ``recipe`` that
+    finished, or that was interrupted and left checkpoints to resume from; else None."""
+    from iicnet import registry
+
+    found = registry.find_runs(uri, experiment, {RECIPE_TAG: recipe})
+    named = {tags.get(registry.RUN_NAME_TAG, ""): (run_id, tags) for run_id, tags in found.items()}
+    for name in sorted(named, reverse=True):  # default names end in the start time
+        run_id, tags = named[name]
+        status = registry.Tracker(uri, run_id).status()
+        if status == "FINISHED" and tags.get(REGISTERED_TAG):
+            return name, status, tags[REGISTERED_TAG]
+        if status in ("KILLED", "FAILED") and run_exists(storage_path, filesystem, name):
+            return name, status, ""
+    return None
 
 
 def run_exists(storage_path: str, filesystem: Any, name: str) -> bool:
@@ -214,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     from iicnet.storage import StorageError
 
     args = parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    registry.quiet_console()
     if args.num_workers < 1:
         return common.fail(f"--num-workers: must be at least 1, got {args.num_workers}")
     if args.max_failures < -1:
@@ -248,6 +294,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, StorageError) as exc:
         return common.fail(str(exc))
     experiment = args.experiment or registry.model_name(cfg.data.task)
+    recipe = recipe_digest(cfg, data, val_data, args)
+    if not (args.resume or args.name or args.fresh):
+        earlier = same_recipe(uri, experiment, recipe, storage_path, filesystem)
+        if earlier is not None and earlier[1] == "FINISHED":
+            print(f"this recipe (config, data, workers) was trained already: run {earlier[0]}, "
+                  f"registered as {earlier[2] or 'nothing'}; nothing to redo (--fresh trains "
+                  "it again)", flush=True)
+            return 0
+        if earlier is not None:
+            print(f"resuming run {earlier[0]} ({earlier[1].lower()} earlier) from its latest "
+                  "checkpoint; --fresh starts over instead", flush=True)
+            args.resume = earlier[0]
     if args.resume:
         name = args.resume
         if not run_exists(storage_path, filesystem, name):
@@ -267,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = registry.start_run(
         uri, experiment, name, cfg, artifact_location=artifact_location, resume=bool(args.resume),
         tags={"data": data, "val_data": val_data, "num_workers": str(args.num_workers),
+              RECIPE_TAG: recipe,
               "device": "gpu" if args.gpu else "cpu",
               "storage": args.storage or storage_path})
     registry.Tracker(uri, run_id).tags({DRIVER_TAG: json.dumps(driver_identity())})
@@ -276,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{registry.redact(uri)}", flush=True)
 
     tracker = registry.Tracker(uri, run_id)
-    hint = f"resume from the latest checkpoint with --resume {name}" + (
+    again = f"{common.command('python')} ray_jobs/train.py --resume {name}" + (
         f" --storage {args.storage}" if args.storage else "")
+    hint = f"resume from the latest checkpoint: {again}"
     try:
         try:
             result = fit(cfg, name=name, data=data, val_data=val_data, uri=uri, run_id=run_id,
@@ -293,10 +353,16 @@ def main(argv: list[str] | None = None) -> int:
             tracker.finish("FAILED")
             quiet_ray()
             return common.fail(f"training failed: {failure_summary(result.error)}\n{hint}")
-        summary = register(cfg, result, uri, run_id)
+        summary = register(cfg, result, uri, run_id, force_alias=args.force_alias)
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        quiet_ray()
+        print(f"\ninterrupted: run {name} stopped; its checkpoints are kept.\n"
+              f"resume it: {again}" + ("  (or make run again)" if not args.name else ""),
+              file=sys.stderr, flush=True)
+        return 130
     except BaseException:
-        tracker.finish("KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt)
-                       else "FAILED")
+        tracker.finish("FAILED")
         raise
     tracker.finish()
     report(summary, uri, name, result.path)
@@ -314,7 +380,31 @@ def fit(cfg, *, name: str, data: str, val_data: str, uri: str, run_id: str, num_
                            threads=threads, num_workers=num_workers, use_gpu=use_gpu,
                            per_worker=per_worker, name=name, storage_path=storage_path,
                            filesystem=filesystem, max_failures=max_failures)
-    return trainer.fit()
+    return interruptible(trainer.fit)
+
+
+def interruptible(call: Callable[[], Any]) -> Any:
+    """``call()`` in a thread, so that Ctrl-C reaches this process as KeyboardInterrupt.
+
+    On the main thread Ray Train installs a SIGINT handler of its own; when Ctrl-C has also
+    reached Ray's processes (a terminal signals the whole process group) the handler finds
+    its controller gone and exits with status 1 and no word, so :func:`main` could neither
+    mark the run nor say how to resume it. Ray does not install it off the main thread."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # handed to the main thread as it is
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def make_trainer(cfg, *, data: str, val_data: str, uri: str, run_id: str, threads: int | None,
@@ -337,6 +427,9 @@ def make_trainer(cfg, *, data: str, val_data: str, uri: str, run_id: str, thread
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=filesystem,
             callbacks=callbacks,
+            # Progress comes from rank 0's own log lines; Ray Train's INFO lines (each
+            # report, each checkpoint, the worker group) are for its log files.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
@@ -376,6 +469,8 @@ def train_loop(job: dict[str, Any]) -> None:
     from iicnet.training import Trainer, all_reduce_sum, image_grid
 
     cfg = from_dict(job["config"])
+    # Ray Train logs each report and checkpoint at INFO; the console shows rank 0's own lines.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     if job["threads"]:
@@ -560,9 +655,11 @@ def inject_fault(step: int, rank: int, world: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def register(cfg, result, uri: str, run_id: str) -> dict[str, Any]:
-    """Log the final checkpoint as a model, register it with alias ``candidate`` and its
-    validation scores as version tags."""
+def register(cfg, result, uri: str, run_id: str, *, force_alias: bool = False
+             ) -> dict[str, Any]:
+    """Log the final checkpoint as a model and register it with its validation scores as
+    version tags; alias ``candidate`` moves to it only if its restored PSNR beats the
+    current holder's (:func:`iicnet.registry.claim_alias`) or ``force_alias``."""
     from iicnet import registry
     from iicnet.formats import checkpoint
 
@@ -571,20 +668,26 @@ def register(cfg, result, uri: str, run_id: str) -> dict[str, Any]:
     with result.checkpoint.as_directory() as directory:
         checkpoint.verify(directory)  # only a complete checkpoint becomes a model version
         model_uri = registry.log_model(uri, run_id, directory)
-    version = registry.register(uri, model_uri, name, tags={
+    version = registry.register(uri, model_uri, name, alias=None, tags={
         **{k: f"{v:.4f}" for k, v in scores.items()},
         "step": str(result.metrics.get("step")), "run_id": run_id})
+    claim = registry.claim_alias(uri, name, registry.DEFAULT_ALIAS, version, RANKED_BY,
+                                 force=force_alias)
+    registry.Tracker(uri, run_id).tags({REGISTERED_TAG: f"models:/{name}/{version}"})
     return {"name": name, "version": version, "alias": registry.DEFAULT_ALIAS,
-            "model_uri": model_uri, "scores": scores}
+            "claim": claim, "model_uri": model_uri, "scores": scores}
 
 
 def report(summary: dict[str, Any], uri: str, run_name: str, path: str) -> None:
     from iicnet import registry
 
     scores = summary["scores"]
-    registered = f"models:/{summary['name']}@{summary['alias']}"
+    claim = summary["claim"]
+    registered = (f"models:/{summary['name']}@{summary['alias']}" if claim.moved
+                  else f"models:/{summary['name']}/{summary['version']}")
     if uri.startswith("sqlite:"):
-        ui = f"mlflow ui --backend-store-uri {uri}  # then open http://127.0.0.1:5000"
+        ui = (f"{common.command('mlflow')} ui --backend-store-uri {uri}  "
+              "# then open http://127.0.0.1:5000")
     else:
         ui = f"open {registry.redact(uri)}"
     lines = [
@@ -594,11 +697,15 @@ def report(summary: dict[str, Any], uri: str, run_name: str, path: str) -> None:
         f"SSIM {scores.get('val/embedding_ssim', float('nan')):.4f}",
         f"  restored  PSNR {scores.get('val/restored_psnr', float('nan')):.2f} dB, "
         f"SSIM {scores.get('val/restored_ssim', float('nan')):.4f}  (validation, RGB)",
-        f"registered: {registered} (version {summary['version']})",
+        f"registered: models:/{summary['name']}/{summary['version']}; "
+        f"{claim.describe(summary['name'], 'restored PSNR')}",
         f"MLflow UI:  {ui}",
     ]
-    if uri.startswith("sqlite:"):
-        lines.append(f"use it:     MLFLOW_TRACKING_URI={uri} iicnet info {registered}")
+    iicnet = common.command("iicnet")
+    default_store = uri == common.default_tracking()[0]
+    prefix = "" if default_store else f"MLFLOW_TRACKING_URI={registry.redact(uri)} "
+    lines.append(f"use it:     {prefix}{iicnet} info {registered}")
+    lines.append(f"            {prefix}{iicnet} embed --model {registered} FRAMES... -o clip.png")
     print("\n".join(lines), flush=True)
 
 

@@ -447,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray_jobs import train
 
     args = parse_args(argv)
+    registry.quiet_console()
     began = time.monotonic()
     cache = common.cache_dir()
     default_uri, default_artifacts = common.default_tracking(cache)

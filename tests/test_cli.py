@@ -112,7 +112,8 @@ def test_info(capsys, ckpt: Path):
     assert code == 0 and "task video, K=5" in out
     code, out, _ = run(capsys, "info", ckpt, "--json")
     info = json.loads(out)
-    assert code == 0 and info["images"] == ["frame_0", "frame_-1", "frame_+1"]
+    assert code == 0 and info["images"] == ["frame_-1", "frame_0", "frame_+1"]
+    assert info["reference"] == "frame_0"
     assert info["weights"] and info["scale"] == 1 and info["parameters"]["total"] > 0
 
 

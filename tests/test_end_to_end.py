@@ -126,7 +126,7 @@ def test_samples_to_s3_to_training_to_registry_to_restored_frames(
     trained = run([sys.executable, "ray_jobs/train.py", "--data", data, "--num-workers", "2",
                    "--storage", f"{bucket}/runs", "--steps", str(STEPS),
                    "--experiment", "end-to-end", "--name", "e2e", *TINY], env, 600)
-    assert "registered: models:/iicnet-video@candidate" in trained.stdout
+    assert "registered: models:/iicnet-video/1; @candidate -> version 1" in trained.stdout
     for output in (prep, trained):
         assert s3.secret_key not in output.stdout + output.stderr
     assert not (tmp_path / "cache" / "ray_results").exists()

@@ -80,8 +80,9 @@ def test_two_workers_train_log_checkpoint_and_register(mlflow_server, davis_shar
     storage = tmp_path / "results"
     done = train(["--data", str(davis_shards), "--num-workers", "2", "--steps", "4",
                   "--storage", str(storage), "--experiment", "ray-test", "--name", "two",
-                  *TINY], job_env(tmp_path, mlflow_server))
-    assert "registered: models:/iicnet-video@candidate" in done.stdout
+                  "--force-alias", *TINY], job_env(tmp_path, mlflow_server))
+    assert "registered: models:/iicnet-video/" in done.stdout
+    assert "@candidate -> version" in done.stdout or "@candidate moved to" in done.stdout
 
     final = storage / "two" / "step-00000004"
     assert {p.name for p in final.iterdir()} >= {"model.safetensors", "config.json",

@@ -276,10 +276,10 @@ def _register_import(directory: Path, cfg, args: argparse.Namespace, tags: dict[
     from iicnet import registry
     from iicnet.registry.models import register_import
 
-    uri = registry.tracking_uri()
     alias = args.alias or registry.DEFAULT_ALIAS
     run_name = f"official-{source.stem}-{tags['official_sha256'][:12]}"
     try:
+        uri = registry.tracking_uri()
         run_id, version = register_import(uri, directory, cfg, args.register, alias=alias,
                                           run_name=run_name, tags=tags)
     except registry.TrackingError as exc:
@@ -346,14 +346,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         model, cfg, source = load_model(args.model)
         info.update(model_name=source.name, model_version=source.version,
                     weights=weights_fingerprint(model))
-    from iicnet.tasks import get_task
+    from iicnet.tasks import get_task, natural_order
 
     task = get_task(cfg)
     m = cfg.model
+    names = natural_order(task, m.num_images)[1]
     info.update({
         "task": cfg.data.task,
         "num_images": m.num_images,
-        "images": task.output_names,
+        "images": names,
+        "reference": task.output_names[0],
         "embed_channels": m.embed_channels,
         "scale": model.scale,
         "input_multiple": model.multiple,
@@ -367,7 +369,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     shape = f"at 1/{model.scale} resolution" if model.scale > 1 else "at full resolution"
     print(f"{args.model}: task {info['task']}, K={m.num_images} "
-          f"({', '.join(task.output_names)}; reference first), "
+          f"({', '.join(names)}; reference {task.output_names[0]}), "
           f"embedding {m.embed_channels} channel(s) {shape}, {m.blocks} coupling blocks")
     if "weights" in info:
         version = f" version {info['model_version']}" if info["model_version"] else ""

@@ -105,7 +105,7 @@ class Converter:
     def __init__(self, model: IICNet, config: Config, source: ModelSource, *,
                  device: torch.device | str = "cpu", tile: int = DEFAULT_TILE,
                  progress: bool = False, engine: str = "auto", halo: int = DEFAULT_HALO):
-        from iicnet.tasks import get_task
+        from iicnet.tasks import get_task, natural_order
 
         if tile and tile < MIN_TILE:
             raise InputError(f"--tile {tile}: tiles smaller than {MIN_TILE} pixels restore "
@@ -121,12 +121,8 @@ class Converter:
         self.engine = engines.make(engine, self.model, self.device, self.fingerprint)
         task = get_task(config)
         self.task = task.name
-        k = config.model.num_images
-        self.order: list[int] = list(getattr(task, "order", range(k)))
+        self.order, self.names = natural_order(task, config.model.num_images)
         """``order[i]``: the natural position of the image at stack position ``i``."""
-        self.names = [""] * k
-        for stack_index, natural in enumerate(self.order):
-            self.names[natural] = task.output_names[stack_index]
 
     @property
     def num_images(self) -> int:

@@ -7,16 +7,21 @@
 from iicnet.registry.models import (
     CHECKPOINT_ARTIFACT,
     DEFAULT_ALIAS,
+    LOCAL_STORE,
     MODEL_NAME,
     RUN_NAME_TAG,
+    AliasClaim,
     Tracker,
     TrackingError,
     check_tracking,
+    claim_alias,
     experiment_id,
     find_runs,
     load_model,
+    local_store,
     log_model,
     model_name,
+    quiet_console,
     redact,
     register,
     registered_version,
@@ -24,7 +29,8 @@ from iicnet.registry.models import (
     tracking_uri,
 )
 
-__all__ = ["CHECKPOINT_ARTIFACT", "DEFAULT_ALIAS", "MODEL_NAME", "RUN_NAME_TAG", "Tracker",
-           "TrackingError", "check_tracking", "experiment_id", "find_runs", "load_model",
-           "log_model", "model_name", "redact", "register", "registered_version", "start_run",
+__all__ = ["CHECKPOINT_ARTIFACT", "DEFAULT_ALIAS", "LOCAL_STORE", "MODEL_NAME", "RUN_NAME_TAG",
+           "AliasClaim", "Tracker", "TrackingError", "check_tracking", "claim_alias",
+           "experiment_id", "find_runs", "load_model", "local_store", "log_model",
+           "model_name", "quiet_console", "redact", "register", "registered_version", "start_run",
            "tracking_uri"]

@@ -27,6 +27,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +66,45 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def tracking_uri(default: str | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else ``default``, else MLflow's own default."""
+LOCAL_STORE = ".iicnet"
+"""The folder ``make run`` (the embedded default) keeps its MLflow store in:
+``<repository>/.iicnet/mlflow.db``, or ``$IICNET_CACHE/mlflow.db``."""
+
+
+def local_store() -> Path | None:
+    """The embedded default's SQLite store as seen from here: ``$IICNET_CACHE/mlflow.db``
+    when ``IICNET_CACHE`` is set, else ``.iicnet/mlflow.db`` in the current folder or the
+    nearest folder above that has one; None when there is none."""
     import os
 
-    import mlflow
+    if os.environ.get("IICNET_CACHE"):
+        found = Path(os.environ["IICNET_CACHE"]) / "mlflow.db"
+        return found.resolve() if found.is_file() else None
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / LOCAL_STORE / "mlflow.db").is_file():
+            return folder / LOCAL_STORE / "mlflow.db"
+    return None
 
-    return os.environ.get("MLFLOW_TRACKING_URI") or default or mlflow.get_tracking_uri()
+
+def tracking_uri(default: str | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else ``default``, else the embedded default's store
+    (:func:`local_store`). Raises :class:`TrackingError` saying where it looked when there is
+    none, rather than letting MLflow create an empty store in the current folder."""
+    import os
+
+    found = os.environ.get("MLFLOW_TRACKING_URI") or default
+    if found:
+        return found
+    store = local_store()
+    if store is None:
+        where = (f"$IICNET_CACHE ({os.environ['IICNET_CACHE']})" if os.environ.get("IICNET_CACHE")
+                 else f"{Path.cwd()} or any folder above it")
+        raise TrackingError(f"no MLflow store: MLFLOW_TRACKING_URI is not set and there is no "
+                            f"{LOCAL_STORE}/mlflow.db (what make run writes) in {where}; run "
+                            "from the repository where make run ran, or set "
+                            "MLFLOW_TRACKING_URI (e.g. http://127.0.0.1:5000 for a server)")
+    return f"sqlite:///{store}"
 
 
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
@@ -241,22 +275,40 @@ def log_model(uri: str, run_id: str, directory: str | Path) -> str:
         shutil.copytree(_PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         saved = Path(tmp, MODEL_NAME)
         # Saved locally and uploaded by run id: MLflow's fluent API would need global state.
-        mlflow.pyfunc.save_model(
-            path=str(saved),
-            python_model=str(Path(__file__).resolve().with_name("pyfunc.py")),
-            artifacts={CHECKPOINT_ARTIFACT: str(files)},
-            code_paths=[str(code)],
-            pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy",
-                              "safetensors", "pyyaml", "pillow"],
-        )
+        # MLflow suggests type hints on predict(); with them it would convert the uint8
+        # arrays predict() checks itself, so its advice is not shown to users.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Add type hints to the `predict`")
+            mlflow.pyfunc.save_model(
+                path=str(saved),
+                python_model=str(Path(__file__).resolve().with_name("pyfunc.py")),
+                artifacts={CHECKPOINT_ARTIFACT: str(files)},
+                code_paths=[str(code)],
+                pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy",
+                                  "safetensors", "pyyaml", "pillow"],
+            )
         _client(uri).log_artifacts(run_id, str(saved), MODEL_NAME)
     return f"runs:/{run_id}/{MODEL_NAME}"
 
 
-def register(uri: str, model_uri: str, name: str, *, alias: str = DEFAULT_ALIAS,
+def quiet_console() -> None:
+    """Keep MLflow to real problems on a job's console: no per-run links, database set-up
+    notes or artifact progress bars (they stay in the server's and the UI's view)."""
+    import logging
+    import os
+
+    import mlflow  # noqa: F401 (its import sets the level this then lowers)
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def register(uri: str, model_uri: str, name: str, *, alias: str | None = DEFAULT_ALIAS,
              tags: dict[str, Any] | None = None) -> str:
     """Register ``model_uri`` (``runs:/<run_id>/<path>``) as a new version of ``name``,
-    point ``alias`` at it and tag it; returns the version."""
+    tag it and point ``alias`` at it (None: leave the aliases; see :func:`claim_alias`);
+    returns the version."""
     from mlflow.exceptions import MlflowException
 
     client = _client(uri)
@@ -269,8 +321,65 @@ def register(uri: str, model_uri: str, name: str, *, alias: str = DEFAULT_ALIAS,
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
     version = client.create_model_version(name, source, run_id=run_id,
                                           tags={k: str(v) for k, v in (tags or {}).items()})
-    client.set_registered_model_alias(name, alias, version.version)
+    if alias is not None:
+        client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
+
+
+@dataclass(frozen=True)
+class AliasClaim:
+    """What :func:`claim_alias` did: ``moved`` to ``version``, or left on ``holder``."""
+
+    alias: str
+    version: str
+    moved: bool
+    score: float | None
+    holder: str | None = None
+    holder_score: float | None = None
+
+    def describe(self, name: str, metric: str) -> str:
+        def shown(value: float | None) -> str:
+            return "no score" if value is None else f"{metric} {value:.2f}"
+
+        if self.holder is None:
+            return f"@{self.alias} -> version {self.version} (the first)"
+        if self.moved:
+            return (f"@{self.alias} moved to version {self.version} ({shown(self.score)}; "
+                    f"version {self.holder} had {shown(self.holder_score)})")
+        return (f"@{self.alias} stays on version {self.holder} ({shown(self.holder_score)}; "
+                f"this version {self.version} has {shown(self.score)}): point it here with "
+                f"--force-alias, or models:/{name}/{self.version} names this one")
+
+
+def claim_alias(uri: str, name: str, alias: str, version: str, metric: str, *,
+                force: bool = False) -> AliasClaim:
+    """Point ``alias`` of ``name`` at ``version`` only if that version's tag ``metric`` is
+    higher than the current holder's (or nothing holds the alias, or ``force``). A version
+    without the score never takes an alias from one unless forced."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+
+    def score(v: str) -> float | None:
+        try:
+            value = float(client.get_model_version(name, v).tags.get(metric, "nan"))
+        except ValueError:
+            return None
+        return None if value != value else value
+
+    try:
+        holder = str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        holder = None
+    mine = score(version)
+    if holder is None or holder == version:
+        client.set_registered_model_alias(name, alias, version)
+        return AliasClaim(alias, version, True, mine)
+    theirs = score(holder)
+    moved = force or (mine is not None and (theirs is None or mine > theirs))
+    if moved:
+        client.set_registered_model_alias(name, alias, version)
+    return AliasClaim(alias, version, moved, mine, holder, theirs)
 
 
 def load_model(source: str | Path, uri: str | None = None,

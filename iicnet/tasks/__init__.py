@@ -33,8 +33,7 @@ from iicnet.model.config import Config, ConfigError
 from iicnet.tasks.base import Sample, SampleError, Task, register, registered
 
 __all__ = ["Sample", "SampleError", "Task", "check_shards", "evaluation_items",
-           "get_task", "register",
-           "task_names"]
+           "get_task", "natural_order", "register", "task_names"]
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
@@ -52,6 +51,17 @@ def get_task(cfg: Config) -> Task:
         raise ConfigError(f"data.task: unknown task {cfg.data.task!r} "
                           f"(known: {', '.join(sorted(tasks))})")
     return tasks[cfg.data.task](cfg)
+
+
+def natural_order(task: Task, k: int) -> tuple[list[int], list[str]]:
+    """``(order, names)``: ``order[i]`` is the natural position (time order for a clip) of
+    the image at stack position ``i``, and ``names`` the K image names in natural order, the
+    order users give and get images in."""
+    order = list(getattr(task, "order", range(k)))
+    names = [""] * k
+    for stack_index, natural in enumerate(order):
+        names[natural] = task.output_names[stack_index]
+    return order, names
 
 
 def evaluation_items(source: str, cfg: Config, split: str

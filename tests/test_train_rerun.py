@@ -1,0 +1,116 @@
+"""Running the same training again, as a user of ``make run`` does: Ctrl-C says how to resume
+and the next run resumes; a finished recipe is reused, not retrained; the alias moves only to
+a version that scores better."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_mlflow import mlflow_server  # noqa: F401 (fixture)
+from tests.helpers import job_env
+from tests.test_train_ray import REPO, TINY, mlflow_run
+
+STEPS = 30
+
+
+def versions(tracking: str, name: str = "iicnet-video") -> list[str]:
+    from mlflow import MlflowClient
+
+    return sorted(v.version for v in MlflowClient(tracking).search_model_versions(
+        f"name = '{name}'"))
+
+
+def first_checkpoint(storage: Path, process: subprocess.Popen, timeout: float = 300) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        found = sorted(storage.glob("*/step-*/complete.json"))
+        if found:
+            return found[0].parent
+        time.sleep(0.5)
+    process.kill()
+    out, err = process.communicate()
+    raise AssertionError(f"no checkpoint before the run ended:\n{out[-3000:]}\n{err[-3000:]}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_resume_then_reuse(mlflow_server, davis_shards: Path, tmp_path: Path):  # noqa: F811
+    storage = tmp_path / "results"
+    args = [sys.executable, str(REPO / "ray_jobs" / "train.py"), "--data", str(davis_shards),
+            "--steps", str(STEPS), "--storage", str(storage), "--experiment", "rerun-test",
+            *TINY, "--set", "train.val_every=15", "--set", "train.log_every=5"]
+    env = job_env(tmp_path, mlflow_server)
+
+    # Ctrl-C in a terminal reaches the whole foreground process group.
+    first = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    checkpoint = first_checkpoint(storage, first)
+    os.killpg(first.pid, signal.SIGINT)
+    out, err = first.communicate(timeout=120)
+    name = checkpoint.parent.name
+    assert first.returncode == 130, f"{out[-3000:]}\n{err[-3000:]}"
+    assert f"interrupted: run {name} stopped" in err
+    assert f"ray_jobs/train.py --resume {name}" in err and "Traceback" not in err
+    _, run = mlflow_run(mlflow_server, name)
+    assert run.info.status == "KILLED"
+    assert versions(mlflow_server) == []
+
+    again = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
+    assert f"resuming run {name} (killed earlier)" in again.stdout
+    client, run = mlflow_run(mlflow_server, name)
+    assert run.info.status == "FINISHED"
+    resumed = [m.value for m in client.get_metric_history(run.info.run_id, "train/resumed_from")]
+    assert resumed and resumed[0] >= 2
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss/total")]
+    assert sorted(steps) == list(range(5, STEPS + 1, 5)), "each step logged once"
+    assert versions(mlflow_server) == ["1"]
+    assert "@candidate -> version 1 (the first)" in again.stdout
+
+    third = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"was trained already: run {name}, registered as models:/iicnet-video/1" \
+        in third.stdout
+    assert versions(mlflow_server) == ["1"]
+
+
+def test_the_alias_moves_only_to_a_better_version(mlflow_server, tmp_path: Path):  # noqa: F811
+    from iicnet import registry
+    from iicnet.formats import checkpoint
+    from tests.test_convert import tiny_model
+
+    name = "alias-test"
+    directory = checkpoint.save(tmp_path / "ckpt", *tiny_model())
+    run_id = registry.start_run(mlflow_server, "alias-test", "alias-run",
+                                checkpoint.load_config(directory))
+    model_uri = registry.log_model(mlflow_server, run_id, directory)
+
+    def add(score: str | None, force: bool = False) -> registry.AliasClaim:
+        tags = {} if score is None else {"val/restored_psnr": score}
+        version = registry.register(mlflow_server, model_uri, name, alias=None, tags=tags)
+        return registry.claim_alias(mlflow_server, name, "candidate", version,
+                                    "val/restored_psnr", force=force)
+
+    first = add("20.0")
+    assert first.moved and first.holder is None
+    worse = add("15.5")
+    assert not worse.moved and worse.holder == "1" and worse.holder_score == 20.0
+    assert "@candidate stays on version 1" in worse.describe(name, "restored PSNR")
+    unscored = add(None)
+    assert not unscored.moved
+    better = add("21.25")
+    assert better.moved and better.version == "4" and better.holder == "1"
+    forced = add("3.0", force=True)
+    assert forced.moved
+    from mlflow import MlflowClient
+
+    assert MlflowClient(mlflow_server).get_model_version_by_alias(name, "candidate").version \
+        == "5"
