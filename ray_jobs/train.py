@@ -71,8 +71,6 @@ RECIPE_TAG = "iicnet.recipe"
 """Run tag: a digest of what determines the trained weights (config, data manifests,
 workers, device), so a repeated default run is reused or resumed instead of redone."""
 REGISTERED_TAG = "iicnet.registered"
-RANKED_BY = "val/restored_psnr"
-"""The version tag an alias moves on: it only moves to a version that scores higher."""
 DRIVER_TAG = "iicnet.driver"
 """Run tag: the driver's host, pid and start time, so workers and a later --resume can tell
 whether it still lives."""
@@ -329,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
               "device": "gpu" if args.gpu else "cpu",
               "storage": args.storage or storage_path})
     registry.Tracker(uri, run_id).tags({DRIVER_TAG: json.dumps(driver_identity())})
+    if not args.resume:
+        # One shard set usually serves both (its train and val splits): MLflow keeps one
+        # input per dataset, so a separate validation set is logged only when there is one.
+        registry.log_datasets(uri, run_id, {"training": data} if val_data == data
+                              else {"training": data, "validation": val_data})
     common.watch_run(uri, run_id)
     print(f"run {name}: {cfg.data.task} task, {args.num_workers} worker(s) on "
           f"{'GPU' if args.gpu else 'CPU'}, {cfg.train.steps} steps; MLflow run {run_id} at "
@@ -353,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             tracker.finish("FAILED")
             quiet_ray()
             return common.fail(f"training failed: {failure_summary(result.error)}\n{hint}")
-        summary = register(cfg, result, uri, run_id, force_alias=args.force_alias)
+        summary = register(cfg, result, uri, run_id, data=data, force_alias=args.force_alias)
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         quiet_ray()
@@ -655,7 +658,7 @@ def inject_fault(step: int, rank: int, world: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def register(cfg, result, uri: str, run_id: str, *, force_alias: bool = False
+def register(cfg, result, uri: str, run_id: str, *, data: str, force_alias: bool = False
              ) -> dict[str, Any]:
     """Log the final checkpoint as a model and register it with its validation scores as
     version tags; alias ``candidate`` moves to it only if its restored PSNR beats the
@@ -664,14 +667,15 @@ def register(cfg, result, uri: str, run_id: str, *, force_alias: bool = False
     from iicnet.formats import checkpoint
 
     scores = {k: v for k, v in result.metrics.items() if k.startswith("val/")}
+    step = result.metrics.get("step")
     name = registry.model_name(cfg.data.task)
     with result.checkpoint.as_directory() as directory:
         checkpoint.verify(directory)  # only a complete checkpoint becomes a model version
-        model_uri = registry.log_model(uri, run_id, directory)
-    version = registry.register(uri, model_uri, name, alias=None, tags={
-        **{k: f"{v:.4f}" for k, v in scores.items()},
-        "step": str(result.metrics.get("step")), "run_id": run_id})
-    claim = registry.claim_alias(uri, name, registry.DEFAULT_ALIAS, version, RANKED_BY,
+        model_uri = registry.log_model(uri, run_id, directory, metrics=scores, step=step)
+    card = registry.model_card(cfg, scores, data=data, step=step, run_id=run_id)
+    version = registry.register(uri, model_uri, name, alias=None, description=card, tags={
+        **{k: f"{v:.4f}" for k, v in scores.items()}, "step": str(step), "run_id": run_id})
+    claim = registry.claim_alias(uri, name, registry.DEFAULT_ALIAS, version, registry.RANKED_BY,
                                  force=force_alias)
     registry.Tracker(uri, run_id).tags({REGISTERED_TAG: f"models:/{name}/{version}"})
     return {"name": name, "version": version, "alias": registry.DEFAULT_ALIAS,

@@ -6,6 +6,7 @@ a handful of steps. Network calls go to servers these tests start on 127.0.0.1.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -107,10 +108,26 @@ def test_two_workers_train_log_checkpoint_and_register(mlflow_server, davis_shar
     version = client.get_model_version_by_alias("iicnet-video", "candidate")
     assert version.tags["run_id"] == run.info.run_id and version.tags["step"] == "4"
     assert float(version.tags["val/restored_psnr"]) > 5
+    assert "Trained 4 steps on" in version.description and "restored_psnr" in version.description
+
+    # MLflow 3's model entity: found by search, its validation metrics linked to it, the
+    # version pointing at it, and the shard sets as the run's dataset inputs.
+    (logged,) = [m for m in client.search_logged_models([run.info.experiment_id])
+                 if m.source_run_id == run.info.run_id]
+    assert logged.status == "READY" and version.source == logged.artifact_location
+    linked = {m.key: m.value for m in logged.metrics}
+    assert linked["val/restored_psnr"] == pytest.approx(float(version.tags["val/restored_psnr"]),
+                                                        abs=1e-4)
+    inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
+    digest = hashlib.sha256((davis_shards / "manifest.json").read_bytes()).hexdigest()[:16]
+    assert {i.dataset.digest for i in inputs} == {digest}
+    assert {t.value for i in inputs for t in i.tags} == {"training"}  # val: same shard set
+    by_id, _ = registry.load_model(f"models:/{logged.model_id}", uri=mlflow_server)
     model, cfg = registry.load_model("models:/iicnet-video@candidate", uri=mlflow_server)
     reference, _ = checkpoint.load(final)
     for key, value in reference.state_dict().items():
         assert (model.state_dict()[key] == value).all(), key
+        assert (by_id.state_dict()[key] == value).all(), key
     assert cfg.model.blocks == 1 and cfg.train.steps == 4
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)

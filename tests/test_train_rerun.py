@@ -114,3 +114,33 @@ def test_the_alias_moves_only_to_a_better_version(mlflow_server, tmp_path: Path)
 
     assert MlflowClient(mlflow_server).get_model_version_by_alias(name, "candidate").version \
         == "5"
+
+
+def test_promote_moves_champion_only_to_a_better_version(mlflow_server, tmp_path: Path,  # noqa: F811
+                                                         capsys, monkeypatch):
+    from iicnet import registry
+    from iicnet.app.cli import main
+    from iicnet.formats import checkpoint
+    from tests.test_convert import tiny_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    name = "promote-test"
+    directory = checkpoint.save(tmp_path / "ckpt", *tiny_model())
+    run_id = registry.start_run(mlflow_server, name, "promote-run",
+                                checkpoint.load_config(directory))
+    model_uri = registry.log_model(mlflow_server, run_id, directory)
+    for score in ("18.0", "17.0"):
+        registry.register(mlflow_server, model_uri, name, tags={"val/restored_psnr": score})
+
+    assert main(["promote", f"models:/{name}/1", "--to", "champion"]) == 0
+    assert "@champion -> version 1" in capsys.readouterr().out
+    assert main(["promote", f"models:/{name}@candidate", "--to", "champion"]) == 3
+    out = capsys.readouterr().out
+    assert "@champion stays on version 1" in out and "--force" in out
+    assert main(["promote", f"models:/{name}@candidate", "--to", "champion", "--force"]) == 0
+    assert "@champion moved to version 2" in capsys.readouterr().out
+    assert main(["promote", f"models:/{name}@nosuch", "--to", "champion"]) == 2
+    assert "cannot resolve the alias" in capsys.readouterr().err
+    code = main(["info", f"models:/{name}@champion"])
+    assert code == 0 and "promote-test version 2" in capsys.readouterr().out
+    assert main(["info", model_uri]) == 0 and model_uri.startswith("models:/m-")

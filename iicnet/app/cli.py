@@ -4,13 +4,15 @@
   iicnet restore --model MODEL emb.png -o DIR [--video out.mp4]
   iicnet eval    --model MODEL --data SHARDS [--jpeg Q ...] [--json]
   iicnet info    MODEL
+  iicnet promote models:/NAME@candidate --to champion [--force]
   iicnet import-official CHECKPOINT.pth [--config C.yaml] [--set K=V ...] -o DIR
                  [--register NAME [--alias ALIAS]]
 
-MODEL is models:/<name>@<alias> or models:/<name>/<version> (the MLflow registry at
-MLFLOW_TRACKING_URI), runs:/<run_id>/model, or a local checkpoint directory (info also takes
-a config YAML). Exit codes: 0 success, 2 bad input (the message says which file and why;
-nothing is written), 1 anything else.
+MODEL is models:/<name>@<alias>, models:/<name>/<version> or a logged model models:/m-<id>
+(the MLflow registry at MLFLOW_TRACKING_URI, else the .iicnet/mlflow.db that make run wrote),
+or a local checkpoint directory (info also takes a config YAML). Exit codes: 0 success, 2 bad
+input (the message says which file and why; nothing is written), 3 promote left the alias
+where it was, 1 anything else.
 """
 
 from __future__ import annotations
@@ -379,6 +381,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- promote ---------------------------------------------------------------------------
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from iicnet import registry
+
+    try:
+        claim = registry.promote(registry.tracking_uri(), args.model, args.to,
+                                 force=args.force)
+    except registry.TrackingError as exc:
+        raise UserError(str(exc)) from exc
+    name = args.model.removeprefix("models:/").partition("@")[0].partition("/")[0]
+    print(f"{name}: {claim.describe(name, 'restored PSNR', force='--force')}")
+    return 0 if claim.moved else 3
+
+
 # -- the parser ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -451,6 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="a model URI, a checkpoint directory or a config YAML")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
+
+    promote = sub.add_parser("promote", help="move an alias (e.g. @champion) to a registered "
+                                             "version if it validates better")
+    promote.add_argument("model", help="models:/<name>@<alias> or models:/<name>/<version>")
+    promote.add_argument("--to", required=True, metavar="ALIAS",
+                         help="the alias to move, e.g. champion")
+    promote.add_argument("--force", action="store_true",
+                         help="move it even if the version does not score higher than the "
+                              "alias's holder")
+    promote.set_defaults(func=cmd_promote)
 
     imp = sub.add_parser("import-official",
                          help="the authors' released checkpoint (.pth) -> our checkpoint",

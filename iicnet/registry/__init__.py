@@ -9,6 +9,7 @@ from iicnet.registry.models import (
     DEFAULT_ALIAS,
     LOCAL_STORE,
     MODEL_NAME,
+    RANKED_BY,
     RUN_NAME_TAG,
     AliasClaim,
     Tracker,
@@ -19,8 +20,11 @@ from iicnet.registry.models import (
     find_runs,
     load_model,
     local_store,
+    log_datasets,
     log_model,
+    model_card,
     model_name,
+    promote,
     quiet_console,
     redact,
     register,
@@ -29,8 +33,9 @@ from iicnet.registry.models import (
     tracking_uri,
 )
 
-__all__ = ["CHECKPOINT_ARTIFACT", "DEFAULT_ALIAS", "LOCAL_STORE", "MODEL_NAME", "RUN_NAME_TAG",
-           "AliasClaim", "Tracker", "TrackingError", "check_tracking", "claim_alias",
-           "experiment_id", "find_runs", "load_model", "local_store", "log_model",
-           "model_name", "quiet_console", "redact", "register", "registered_version", "start_run",
+__all__ = ["CHECKPOINT_ARTIFACT", "DEFAULT_ALIAS", "LOCAL_STORE", "MODEL_NAME", "RANKED_BY",
+           "RUN_NAME_TAG", "AliasClaim", "Tracker", "TrackingError", "check_tracking",
+           "claim_alias", "experiment_id", "find_runs", "load_model", "local_store",
+           "log_datasets", "log_model", "model_card", "model_name", "promote",
+           "quiet_console", "redact", "register", "registered_version", "start_run",
            "tracking_uri"]

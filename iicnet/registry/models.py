@@ -27,7 +27,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,8 @@ MODEL_NAME = "model"
 """Name of the logged model inside its run."""
 CHECKPOINT_ARTIFACT = "checkpoint"
 RUN_NAME_TAG = "iicnet.run_name"
+RANKED_BY = "val/restored_psnr"
+"""The version tag aliases move on: one moves only to a version that scores higher."""
 _PACKAGE = Path(__file__).resolve().parents[1]
 """The ``iicnet`` package, shipped with every logged model as its code."""
 
@@ -249,36 +250,74 @@ def find_runs(uri: str, experiment: str, tags: dict[str, str], *,
     return {r.info.run_id: dict(r.data.tags) for r in runs}
 
 
+def log_datasets(uri: str, run_id: str, sources: dict[str, str]) -> dict[str, str]:
+    """Record the shard sets a run read as its MLflow dataset inputs (lineage on the run
+    page): ``sources`` maps a context (``training``, ``validation``) to a shard directory or
+    ``s3://`` prefix. Each dataset's digest is the SHA-256 of its ``manifest.json`` (the
+    manifest lists every shard with its size and hash, so the same digest means the same
+    data); its profile, the samples per split. Returns ``{context: digest}``."""
+    import hashlib
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from iicnet import storage
+
+    inputs, digests = [], {}
+    for context, source in sources.items():
+        raw = storage.read_bytes(storage.join(source, "manifest.json"))
+        manifest = json.loads(raw)
+        digests[context] = hashlib.sha256(raw).hexdigest()[:16]
+        profile = {split: info.get("samples") for split, info in manifest["splits"].items()}
+        dataset = Dataset(
+            name=f"{manifest.get('source', 'iicnet')}-shards", digest=digests[context],
+            source_type="s3" if storage.is_s3(source) else "local",
+            source=json.dumps({"uri": source}), profile=json.dumps(profile))
+        inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    _client(uri).log_inputs(run_id, datasets=inputs)
+    return digests
+
+
 def _quoted(value: str) -> str:
     if "'" in value:
         raise ValueError(f"tag value {value!r}: quotes cannot be searched for")
     return value
 
 
-def log_model(uri: str, run_id: str, directory: str | Path) -> str:
-    """Log checkpoint ``directory`` into run ``run_id`` as a pyfunc model; its ``runs:/`` URI.
+def log_model(uri: str, run_id: str, directory: str | Path, *,
+              metrics: dict[str, float] | None = None, step: int | None = None) -> str:
+    """Log checkpoint ``directory`` as an MLflow 3 logged model of run ``run_id``; its
+    ``models:/m-<id>`` URI. ``metrics`` (the validation scores) are logged to the run
+    against the model, so the model's page and ``search_logged_models`` show them.
 
-    The artifact holds the safetensors weights and JSON config, the model code
-    (:mod:`iicnet.registry.pyfunc`) and a copy of the :mod:`iicnet` package, so
-    ``mlflow.pyfunc.load_model`` works where iicnet is not installed.
+    The artifact is a pyfunc from code: the safetensors weights and JSON config, the model
+    code (:mod:`iicnet.registry.pyfunc`) and a copy of the :mod:`iicnet` package, so
+    ``mlflow.pyfunc.load_model`` works where iicnet is not installed. A failure marks the
+    logged model FAILED.
     """
     import mlflow
+    from mlflow.entities import LoggedModelStatus
 
     directory = Path(directory)
-    checkpoint.load_config(directory)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = Path(tmp, CHECKPOINT_ARTIFACT)
-        files.mkdir()
-        for name in (checkpoint.WEIGHTS, checkpoint.CONFIG):
-            shutil.copy2(directory / name, files / name)
-        code = Path(tmp, "iicnet")
-        shutil.copytree(_PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        saved = Path(tmp, MODEL_NAME)
-        # Saved locally and uploaded by run id: MLflow's fluent API would need global state.
-        # MLflow suggests type hints on predict(); with them it would convert the uint8
-        # arrays predict() checks itself, so its advice is not shown to users.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Add type hints to the `predict`")
+    config = checkpoint.load_config(directory)
+    client = _client(uri)
+    experiment = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(
+        experiment, name=MODEL_NAME, source_run_id=run_id, model_type="iicnet",
+        params={k: json.dumps(v) if isinstance(v, list) else str(v)
+                for k, v in config.flat().items()},
+        tags={"task": config.data.task, "num_images": str(config.model.num_images)})
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = Path(tmp, CHECKPOINT_ARTIFACT)
+            files.mkdir()
+            for name in (checkpoint.WEIGHTS, checkpoint.CONFIG):
+                shutil.copy2(directory / name, files / name)
+            code = Path(tmp, "iicnet")
+            shutil.copytree(_PACKAGE, code,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            saved = Path(tmp, MODEL_NAME)
+            # Saved locally and uploaded by id: MLflow's fluent API would need global state.
             mlflow.pyfunc.save_model(
                 path=str(saved),
                 python_model=str(Path(__file__).resolve().with_name("pyfunc.py")),
@@ -287,8 +326,39 @@ def log_model(uri: str, run_id: str, directory: str | Path) -> str:
                 pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy",
                                   "safetensors", "pyyaml", "pillow"],
             )
-        _client(uri).log_artifacts(run_id, str(saved), MODEL_NAME)
-    return f"runs:/{run_id}/{MODEL_NAME}"
+            client.log_model_artifacts(model.model_id, str(saved))
+        for key, value in (metrics or {}).items():
+            client.log_metric(run_id, key, float(value), step=step, model_id=model.model_id)
+    except BaseException:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    return f"models:/{model.model_id}"
+
+
+def model_card(config: Config, scores: dict[str, float], *, data: str, step: int | None,
+               run_id: str) -> str:
+    """A model version's description: what it embeds, what it was trained on and how long,
+    its validation scores, and how to use it."""
+    m, name = config.model, model_name(config.data.task)
+    rows = "\n".join(f"| {key.removeprefix('val/')} | {value:.4f} |"
+                     for key, value in sorted(scores.items()))
+    return (f"IICNet, task {config.data.task}: {m.num_images} images into one "
+            f"{m.embed_channels}-channel PNG "
+            f"({'full resolution' if m.downscale == 'none' else 'half resolution'}); "
+            f"{m.blocks} coupling blocks, nf {m.nf}, growth {m.growth}.\n\n"
+            f"Trained {step} steps on `{data}` (crops {config.data.crop}, batch "
+            f"{config.data.batch_size} per worker); MLflow run `{run_id}`.\n\n"
+            f"| validation (RGB) | value |\n|---|---|\n{rows}\n\n"
+            f"Use it: `iicnet embed --model models:/{name}/<version> IMAGES... -o out.png`, "
+            f"then `iicnet restore --model models:/{name}/<version> out.png -o DIR`.")
+
+
+def _logged_model_id(model_uri: str) -> str:
+    model_id = model_uri.removeprefix("models:/")
+    if not model_uri.startswith("models:/m-") or "/" in model_id or "@" in model_id:
+        raise ValueError(f"{model_uri}: expected models:/m-<id> (what log_model returns)")
+    return model_id
 
 
 def quiet_console() -> None:
@@ -305,22 +375,26 @@ def quiet_console() -> None:
 
 
 def register(uri: str, model_uri: str, name: str, *, alias: str | None = DEFAULT_ALIAS,
-             tags: dict[str, Any] | None = None) -> str:
-    """Register ``model_uri`` (``runs:/<run_id>/<path>``) as a new version of ``name``,
-    tag it and point ``alias`` at it (None: leave the aliases; see :func:`claim_alias`);
-    returns the version."""
+             tags: dict[str, Any] | None = None, description: str | None = None) -> str:
+    """Register the logged model ``model_uri`` (``models:/m-<id>``) as a new version of
+    ``name`` with ``tags`` and ``description`` (the version page's model card), and point
+    ``alias`` at it (None: leave the aliases; see :func:`claim_alias`); returns the version."""
     from mlflow.exceptions import MlflowException
 
     client = _client(uri)
-    run_id, path = _parse_runs_uri(model_uri)
+    model_id = _logged_model_id(model_uri)
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
-    version = client.create_model_version(name, source, run_id=run_id,
-                                          tags={k: str(v) for k, v in (tags or {}).items()})
+    logged = client.get_logged_model(model_id)
+    # The files' location, not models:/m-<id>: a registry on a database resolves that URI
+    # through MLflow's process-wide tracking URI, which this module never sets.
+    version = client.create_model_version(name, logged.artifact_location,
+                                          run_id=logged.source_run_id, model_id=model_id,
+                                          tags={k: str(v) for k, v in (tags or {}).items()},
+                                          description=description)
     if alias is not None:
         client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
@@ -337,7 +411,8 @@ class AliasClaim:
     holder: str | None = None
     holder_score: float | None = None
 
-    def describe(self, name: str, metric: str) -> str:
+    def describe(self, name: str, metric: str, force: str = "--force-alias") -> str:
+        """One line for the console; ``force`` names the option that overrides."""
         def shown(value: float | None) -> str:
             return "no score" if value is None else f"{metric} {value:.2f}"
 
@@ -348,7 +423,24 @@ class AliasClaim:
                     f"version {self.holder} had {shown(self.holder_score)})")
         return (f"@{self.alias} stays on version {self.holder} ({shown(self.holder_score)}; "
                 f"this version {self.version} has {shown(self.score)}): point it here with "
-                f"--force-alias, or models:/{name}/{self.version} names this one")
+                f"{force}, or models:/{name}/{self.version} names this one")
+
+
+def promote(uri: str, source: str, alias: str, *, force: bool = False) -> AliasClaim:
+    """Point ``alias`` at the version ``source`` (``models:/name@alias`` or
+    ``models:/name/version``) names, only if it scores higher on :data:`RANKED_BY` than the
+    alias's holder (or ``force``): ``@candidate`` -> ``@champion``."""
+    from mlflow.exceptions import MlflowException
+
+    name, version = registered_version(source, uri)
+    if not name:
+        raise TrackingError(f"{source}: promote a registered version: models:/<name>@<alias> "
+                            "or models:/<name>/<version>")
+    try:
+        return claim_alias(uri, name, alias, version, RANKED_BY, force=force)
+    except MlflowException as exc:
+        raise TrackingError(f"{source}: cannot move @{alias} at {redact(uri)} "
+                            f"({exc.message})") from exc
 
 
 def claim_alias(uri: str, name: str, alias: str, version: str, metric: str, *,
@@ -386,9 +478,9 @@ def load_model(source: str | Path, uri: str | None = None,
                device: str | torch.device = "cpu") -> tuple[IICNet, Config]:
     """``(IICNet, Config)`` from a registered or logged model, or a local directory.
 
-    ``source``: ``models:/iicnet-video@candidate``, ``models:/iicnet-video/3``,
-    ``runs:/<run_id>/model``, a downloaded MLflow model directory, or a checkpoint
-    directory. ``uri`` is the tracking server (default: ``MLFLOW_TRACKING_URI``).
+    ``source``: ``models:/iicnet-video@candidate``, ``models:/iicnet-video/3``, a logged
+    model ``models:/m-<id>``, or ``runs:/<run_id>/model`` (models logged as run artifacts
+    by earlier versions). ``uri`` is the tracking server (default: :func:`tracking_uri`).
     """
     text = str(source)
     if not text.startswith(("models:/", "runs:/")):
@@ -409,8 +501,11 @@ def load_model(source: str | Path, uri: str | None = None,
                 run_id, path = _parse_runs_uri(text)
                 local = client.download_artifacts(run_id, path, tmp)
             else:
+                # Only the weights and config, not the code the pyfunc carries.
+                source = _version_source(client, text).rstrip("/")
                 local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=_version_source(client, text), dst_path=tmp, tracking_uri=uri)
+                    artifact_uri=f"{source}/artifacts/{CHECKPOINT_ARTIFACT}", dst_path=tmp,
+                    tracking_uri=uri)
         except MlflowException as exc:
             raise TrackingError(f"{source}: cannot fetch the model from {redact(uri)} "
                                 f"({exc.message})") from exc
@@ -425,16 +520,21 @@ def _parse_runs_uri(model_uri: str) -> tuple[str, str]:
 
 
 def _version_source(client, model_uri: str) -> str:
-    """Where the files of ``models:/name@alias`` or ``models:/name/version`` are stored."""
+    """Where the files of ``models:/m-<id>``, ``models:/name@alias`` or
+    ``models:/name/version`` are stored (a version's source is its logged model's
+    artifact location; see :func:`register`)."""
+    if model_uri.startswith("models:/m-"):
+        return client.get_logged_model(_logged_model_id(model_uri)).artifact_location
     name, at, alias = model_uri.removeprefix("models:/").partition("@")
     if at:
-        version = client.get_model_version_by_alias(name, alias).version
+        found = client.get_model_version_by_alias(name, alias)
     else:
         name, _, version = name.partition("/")
         if not version.isdigit():
-            raise ValueError(f"{model_uri}: expected models:/<name>@<alias> or "
-                             "models:/<name>/<version>")
-    return client.get_model_version_download_uri(name, version)
+            raise ValueError(f"{model_uri}: expected models:/<name>@<alias>, "
+                             "models:/<name>/<version> or models:/m-<id>")
+        found = client.get_model_version(name, version)
+    return client.get_model_version_download_uri(name, found.version)
 
 
 def registered_version(source: str, uri: str | None = None) -> tuple[str, str]:

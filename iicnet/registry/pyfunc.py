@@ -28,21 +28,26 @@ from iicnet.formats.checkpoint import load
 
 
 class IICNetPyfunc(PythonModel):
+    # predict has no type hints and MLflow does not wrap it: it tells apart records and
+    # uint8 arrays of either rank itself, which a schema derived from hints would convert.
+    # (MLflow's own switch for that; without it, each definition of this class, at logging
+    # and at every load, warns that type hints are missing.)
+    _skip_type_hint_validation = True
+
     def load_context(self, context: PythonModelContext) -> None:
         self.model, self.config = load(context.artifacts["checkpoint"])
         self.converter = Converter(self.model, self.config,
                                    ModelSource("mlflow pyfunc", "served model"))
 
-    # No type hints on predict: MLflow would try to derive a schema from them.
     def predict(self, context, model_input, params=None):
         if hasattr(model_input, "to_dict") or isinstance(model_input, list):
             return self.converter.handle(model_input)
         x = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.uint8))
         mode = (params or {}).get("mode") or {5: "encode", 4: "decode"}.get(x.ndim)
         if mode not in ("encode", "decode"):
-            raise ValueError(f"expected (B, K, C, H, W) images or (B, C_e, h, w) embeddings, "
-                             f"or params.mode 'encode' / 'decode'; got shape {tuple(x.shape)} "
-                             f"and mode {mode!r}")
+            raise ValueError(f"expected (B, K, C, H, W) images or (B, C_e, h, w) "
+                             "embeddings, or params.mode 'encode' / 'decode'; got shape "
+                             f"{tuple(x.shape)} and mode {mode!r}")
         out = self.model.encode(x) if mode == "encode" else self.model.decode(x)
         return out.numpy()
 
