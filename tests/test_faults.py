@@ -484,8 +484,9 @@ def test_exhausted_restarts_end_in_one_message_and_exit_2(mlflow_server, davis_s
     tail = done.stderr.strip().splitlines()[-2:]
     assert done.returncode == 2, done.stderr[-3000:]
     assert tail[0].startswith("error: training failed after 0 restart(s): "), tail
-    assert tail[1] == (f"resume from the latest checkpoint with --resume exhausted --storage "
-                       f"{tmp_path / 'results'}")
+    assert tail[1].startswith("resume from the latest checkpoint: ")
+    assert tail[1].endswith(f"/python ray_jobs/train.py --resume exhausted --storage "
+                            f"{tmp_path / 'results'}")
     assert "Traceback" not in done.stderr.split("error: training failed")[-1]
     _, run = training_run(mlflow_server, "exhausted")
     assert run.info.status == "FAILED"

@@ -39,6 +39,10 @@ def first_checkpoint(storage: Path, process: subprocess.Popen, timeout: float = 
     raise AssertionError(f"no checkpoint before the run ended:\n{out[-3000:]}\n{err[-3000:]}")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_resume_then_reuse(mlflow_server, davis_shards: Path, tmp_path: Path):  # noqa: F811
     storage = tmp_path / "results"
@@ -47,9 +51,12 @@ def test_ctrl_c_resume_then_reuse(mlflow_server, davis_shards: Path, tmp_path: P
             *TINY, "--set", "train.val_every=15", "--set", "train.log_every=5"]
     env = job_env(tmp_path, mlflow_server)
 
-    # Ctrl-C in a terminal reaches the whole foreground process group.
+    # Ctrl-C in a terminal reaches the whole foreground process group. A shell that starts
+    # a job in the background leaves SIGINT ignored, which Python then keeps: restore it,
+    # as a terminal's foreground job has it.
     first = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=_default_sigint)
     checkpoint = first_checkpoint(storage, first)
     os.killpg(first.pid, signal.SIGINT)
     out, err = first.communicate(timeout=120)
