@@ -473,7 +473,12 @@ def train_loop(job: dict[str, Any]) -> None:
 
     cfg = from_dict(job["config"])
     # Ray Train logs each report and checkpoint at INFO; the console shows rank 0's own lines.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    # The per-report line comes from a logger named by its module's file path, outside the
+    # ray.train hierarchy (Ray 2.60).
+    from ray.train.v2._internal.execution import context as train_context
+
+    for name in ("ray.train", train_context.__file__):
+        logging.getLogger(name).setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     if job["threads"]:
