@@ -664,9 +664,9 @@ def register_best(row: dict[str, Any], base, settings: dict[str, Any], uri: str,
     checkpoint = ray.train.Checkpoint(row["checkpoint_path"], filesystem=filesystem)
     with checkpoint.as_directory() as directory:
         files.verify(directory)  # only a complete checkpoint becomes a model version
-        scores = {f"val/{k}": row[k] for k in sweep_report.SCORE_COLUMNS}
-        model_uri = registry.log_model(uri, row["run_id"], directory, metrics=scores,
-                                       step=int(row["step"] or 0))
+        # Its validation scores are in the trial's run already, step by step; logging them
+        # again against the model would add a second value at the last step.
+        model_uri = registry.log_model(uri, row["run_id"], directory)
     tags = {"sweep": settings["name"], "trial_id": row["trial_id"], "run_id": row["run_id"],
             "step": row["step"], "objective": f"{row['objective']:.4f}",
             "feasible": row["feasible"],

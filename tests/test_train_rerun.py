@@ -63,7 +63,10 @@ def test_ctrl_c_resume_then_reuse(mlflow_server, davis_shards: Path, tmp_path: P
     name = checkpoint.parent.name
     assert first.returncode == 130, f"{out[-3000:]}\n{err[-3000:]}"
     assert f"interrupted: run {name} stopped" in err
-    assert f"ray_jobs/train.py --resume {name}" in err and "Traceback" not in err
+    assert f"ray_jobs/train.py --resume {name}" in err
+    # Ray's own processes may print tracebacks as they go down (forwarded, "(Actor pid=..)"
+    # prefixed lines); the driver itself prints none.
+    assert not [line for line in err.splitlines() if line.startswith("Traceback")], err
     _, run = mlflow_run(mlflow_server, name)
     assert run.info.status == "KILLED"
     assert versions(mlflow_server) == []
