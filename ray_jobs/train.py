@@ -138,10 +138,10 @@ def recipe_digest(cfg, data: str, val_data: str, args: argparse.Namespace) -> st
     of workers and the device."""
     import hashlib
 
-    parts = [cfg.to_json(), str(args.num_workers), "gpu" if args.gpu else "cpu"]
-    for source in (data, val_data):
-        parts.append(hashlib.sha256(storage.read_bytes(storage.join(source, "manifest.json")))
-                     .hexdigest())
+    from iicnet.formats.shards import manifest_digest
+
+    parts = [cfg.to_json(), str(args.num_workers), "gpu" if args.gpu else "cpu",
+             manifest_digest(data), manifest_digest(val_data)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
@@ -707,7 +707,7 @@ def report(summary: dict[str, Any], uri: str, run_name: str, path: str) -> None:
         f"  restored  PSNR {scores.get('val/restored_psnr', float('nan')):.2f} dB, "
         f"SSIM {scores.get('val/restored_ssim', float('nan')):.4f}  (validation, RGB)",
         f"registered: models:/{summary['name']}/{summary['version']}; "
-        f"{claim.describe(summary['name'], 'restored PSNR')}",
+        f"{claim.describe('restored PSNR')}",
         f"MLflow UI:  {ui}",
     ]
     iicnet = common.command("iicnet")

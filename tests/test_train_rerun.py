@@ -113,7 +113,7 @@ def test_the_alias_moves_only_to_a_better_version(mlflow_server, tmp_path: Path)
     assert first.moved and first.holder is None
     worse = add("15.5")
     assert not worse.moved and worse.holder == "1" and worse.holder_score == 20.0
-    assert "@candidate stays on version 1" in worse.describe(name, "restored PSNR")
+    assert "@candidate stays on version 1" in worse.describe("restored PSNR")
     unscored = add(None)
     assert not unscored.moved
     better = add("21.25")

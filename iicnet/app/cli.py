@@ -391,8 +391,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
                                  force=args.force)
     except registry.TrackingError as exc:
         raise UserError(str(exc)) from exc
-    name = args.model.removeprefix("models:/").partition("@")[0].partition("/")[0]
-    print(f"{name}: {claim.describe(name, 'restored PSNR', force='--force')}")
+    print(f"{claim.name}: {claim.describe('restored PSNR', force='--force')}")
     return 0 if claim.moved else 3
 
 

@@ -9,6 +9,7 @@ reported as a warning naming its URL and skipped.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -47,6 +48,12 @@ def read_manifest(source: str) -> dict[str, Any]:
     if manifest.get("format") != "iicnet-shards":
         raise ValueError(f"{url}: not an iicnet shard manifest (format {manifest.get('format')!r})")
     return manifest
+
+
+def manifest_digest(source: str) -> str:
+    """SHA-256 (hex) of the ``manifest.json`` bytes of a shard directory or ``s3://`` prefix.
+    The manifest lists every shard with its size and hash, so one digest means one data set."""
+    return hashlib.sha256(storage.read_bytes(storage.join(source, MANIFEST))).hexdigest()
 
 
 def shard_list(source: str, manifest: dict[str, Any], split: str) -> list[Shard]:

@@ -256,18 +256,16 @@ def log_datasets(uri: str, run_id: str, sources: dict[str, str]) -> dict[str, st
     ``s3://`` prefix. Each dataset's digest is the SHA-256 of its ``manifest.json`` (the
     manifest lists every shard with its size and hash, so the same digest means the same
     data); its profile, the samples per split. Returns ``{context: digest}``."""
-    import hashlib
-
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     from iicnet import storage
+    from iicnet.formats.shards import manifest_digest, read_manifest
 
     inputs, digests = [], {}
     for context, source in sources.items():
-        raw = storage.read_bytes(storage.join(source, "manifest.json"))
-        manifest = json.loads(raw)
-        digests[context] = hashlib.sha256(raw).hexdigest()[:16]
+        manifest = read_manifest(source)
+        digests[context] = manifest_digest(source)[:16]
         profile = {split: info.get("samples") for split, info in manifest["splits"].items()}
         dataset = Dataset(
             name=f"{manifest.get('source', 'iicnet')}-shards", digest=digests[context],
@@ -404,6 +402,7 @@ def register(uri: str, model_uri: str, name: str, *, alias: str | None = DEFAULT
 class AliasClaim:
     """What :func:`claim_alias` did: ``moved`` to ``version``, or left on ``holder``."""
 
+    name: str
     alias: str
     version: str
     moved: bool
@@ -411,7 +410,7 @@ class AliasClaim:
     holder: str | None = None
     holder_score: float | None = None
 
-    def describe(self, name: str, metric: str, force: str = "--force-alias") -> str:
+    def describe(self, metric: str, force: str = "--force-alias") -> str:
         """One line for the console; ``force`` names the option that overrides."""
         def shown(value: float | None) -> str:
             return "no score" if value is None else f"{metric} {value:.2f}"
@@ -423,7 +422,7 @@ class AliasClaim:
                     f"version {self.holder} had {shown(self.holder_score)})")
         return (f"@{self.alias} stays on version {self.holder} ({shown(self.holder_score)}; "
                 f"this version {self.version} has {shown(self.score)}): point it here with "
-                f"{force}, or models:/{name}/{self.version} names this one")
+                f"{force}, or models:/{self.name}/{self.version} names this one")
 
 
 def promote(uri: str, source: str, alias: str, *, force: bool = False) -> AliasClaim:
@@ -466,12 +465,12 @@ def claim_alias(uri: str, name: str, alias: str, version: str, metric: str, *,
     mine = score(version)
     if holder is None or holder == version:
         client.set_registered_model_alias(name, alias, version)
-        return AliasClaim(alias, version, True, mine)
+        return AliasClaim(name, alias, version, True, mine)
     theirs = score(holder)
     moved = force or (mine is not None and (theirs is None or mine > theirs))
     if moved:
         client.set_registered_model_alias(name, alias, version)
-    return AliasClaim(alias, version, moved, mine, holder, theirs)
+    return AliasClaim(name, alias, version, moved, mine, holder, theirs)
 
 
 def load_model(source: str | Path, uri: str | None = None,
@@ -502,9 +501,9 @@ def load_model(source: str | Path, uri: str | None = None,
                 local = client.download_artifacts(run_id, path, tmp)
             else:
                 # Only the weights and config, not the code the pyfunc carries.
-                source = _version_source(client, text).rstrip("/")
+                location = _version_source(client, text).rstrip("/")
                 local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{source}/artifacts/{CHECKPOINT_ARTIFACT}", dst_path=tmp,
+                    artifact_uri=f"{location}/artifacts/{CHECKPOINT_ARTIFACT}", dst_path=tmp,
                     tracking_uri=uri)
         except MlflowException as exc:
             raise TrackingError(f"{source}: cannot fetch the model from {redact(uri)} "
@@ -527,14 +526,13 @@ def _version_source(client, model_uri: str) -> str:
         return client.get_logged_model(_logged_model_id(model_uri)).artifact_location
     name, at, alias = model_uri.removeprefix("models:/").partition("@")
     if at:
-        found = client.get_model_version_by_alias(name, alias)
+        version = client.get_model_version_by_alias(name, alias).version
     else:
         name, _, version = name.partition("/")
         if not version.isdigit():
             raise ValueError(f"{model_uri}: expected models:/<name>@<alias>, "
                              "models:/<name>/<version> or models:/m-<id>")
-        found = client.get_model_version(name, version)
-    return client.get_model_version_download_uri(name, found.version)
+    return client.get_model_version_download_uri(name, version)
 
 
 def registered_version(source: str, uri: str | None = None) -> tuple[str, str]:
