@@ -26,12 +26,13 @@ across ranks) and rank 0 logs the scores and a PNG grid; every ``train.checkpoin
 steps (and at the end) a training checkpoint goes through ``ray.train.report`` into
 ``<storage>/<run name>/``. A worker that dies restarts the worker group from the latest
 checkpoint (``--max-failures`` times), continuing the step count; ``--resume NAME``
-continues an earlier run the same way; a checkpoint that is incomplete (``complete.json``,
-written last, is missing or does not match) is skipped for the newest complete one, named in
-the log. ``--resume`` of a run that finished does nothing and says so; of a run whose driver
-still runs on this host it is refused. After a restart, steps already logged are not logged
-again. A loss that is not finite or spikes rolls back to the last checkpoint with half the
-learning rate, logged as an event.
+continues an earlier run the same way (from the newest complete checkpoint in the run's
+folder, even one written after Ray's last record of the run); a checkpoint that is
+incomplete (``complete.json``, written last, is missing or does not match) is skipped for
+the newest complete one, named in the log. ``--resume`` of a run that finished does nothing
+and says so; of a run whose driver still runs on this host it is refused. After a restart,
+steps already logged are not logged again. A loss that is not finite or spikes rolls back to
+the last checkpoint with half the learning rate, logged as an event.
 
 A driver that dies (even by SIGKILL) leaves no run RUNNING: a watcher process marks the
 MLflow run KILLED (:func:`ray_jobs.common.watch_run`). Ray ends the job's workers when its
@@ -424,7 +425,8 @@ def make_trainer(cfg, *, data: str, val_data: str, uri: str, run_id: str, thread
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "data": data, "val_data": val_data,
                            "tracking_uri": uri, "run_id": run_id, "threads": threads,
-                           "driver": driver_identity()},
+                           "driver": driver_identity(),
+                           "run": (f"{storage_path}/{name}", filesystem)},
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -489,17 +491,17 @@ def train_loop(job: dict[str, Any]) -> None:
         console_log()
     if driver_gone(job, tracker):
         return
-    latest = ray.train.get_checkpoint()
-    if latest is not None:
-        resume_from(trainer, latest, rank)
+    resume_from(trainer, ray.train.get_checkpoint(), rank, job.get("run"))
     start = trainer.step
     trainer.wrap(lambda model: ray.train.torch.prepare_model(model, move_to_device=False))
-    # After a restart, steps up to the failure were logged already: each step is logged once.
+    # After a restart, steps up to the failure were logged already: each step is logged once
+    # (also when the run starts over from step 0, having nothing to resume from).
     logged = {"train": 0, "val": 0}
-    if tracker and start:
-        log.info("resumed from the checkpoint at step %d", start)
+    if tracker:
         logged = {"train": tracker.last_step("loss/total"),
                   "val": tracker.last_step("val/restored_psnr")}
+    if tracker and start:
+        log.info("resumed from the checkpoint at step %d", start)
         tracker.metrics({"train/resumed_from": start}, step=start)
 
     # A fresh draw of shards and crops after each restart instead of replaying the first.
@@ -585,42 +587,57 @@ def driver_gone(job: dict[str, Any], tracker) -> bool:
     return True
 
 
-def resume_from(trainer, latest, rank: int) -> None:
-    """Load Ray's latest checkpoint; when it is incomplete or damaged, the newest complete
-    checkpoint beside it (named in the log), so a restart never fails on a half-copied one."""
+def resume_from(trainer, latest, rank: int, run: tuple[str, Any] | None = None) -> bool:
+    """Load the newest complete checkpoint of the run; whether there was one to load.
+
+    The candidates are Ray's latest checkpoint and the ``step-*`` folders beside it (or, when
+    Ray hands none, in ``run``: the run's storage folder and its pyarrow filesystem), newest
+    first. A folder newer than Ray's record is one written just before an interruption
+    (Ctrl-C between the upload and Ray's bookkeeping); an incomplete or damaged one is
+    skipped for the next, named in the log, so a restart never fails on a half-copied one."""
     import ray.train
 
     from iicnet.formats.checkpoint import CheckpointError
 
-    try:
-        with latest.as_directory() as directory:
-            trainer.load(directory)
-        return
-    except CheckpointError as exc:
-        problem = exc
-    for candidate in sibling_checkpoints(latest):
+    if latest is not None:
+        folder, filesystem = latest.path.rstrip("/").rpartition("/")[0], latest.filesystem
+    elif run is not None:
+        folder, filesystem = run
+    else:
+        return False
+    candidates = step_folders(folder, filesystem)
+    if latest is not None and latest.path.rstrip("/") not in candidates:
+        candidates.insert(0, latest.path.rstrip("/"))
+    if latest is None and not candidates:
+        return False
+    problem: CheckpointError | None = None
+    for candidate in candidates:
         try:
-            with ray.train.Checkpoint(candidate, filesystem=latest.filesystem
+            with ray.train.Checkpoint(candidate, filesystem=filesystem
                                       ).as_directory() as directory:
                 trainer.load(directory)
-        except CheckpointError:
+        except CheckpointError as exc:
+            problem = problem or exc
             continue
-        if rank == 0:
+        if rank == 0 and problem is not None:
             log.warning("%s; resuming from the last complete checkpoint, %s", problem,
                         candidate)
-        return
-    raise CheckpointError(f"{problem}; no complete checkpoint beside it to resume from")
+        elif rank == 0 and (latest is None or candidate != latest.path.rstrip("/")):
+            log.info("resuming from %s, written after Ray's last record of the run", candidate)
+        return True
+    where = "beside it" if latest is not None else f"in {folder}"
+    raise CheckpointError(f"{problem}; no complete checkpoint {where} to resume from")
 
 
-def sibling_checkpoints(latest) -> list[str]:
-    """The other ``step-*`` folders beside ``latest`` in Ray's storage, newest first."""
+def step_folders(folder: str, filesystem: Any) -> list[str]:
+    """The ``step-*`` folders of a run's storage folder, newest first (none if it is not
+    there yet)."""
     from pyarrow import fs
 
-    parent = latest.path.rstrip("/").rpartition("/")[0]
-    infos = latest.filesystem.get_file_info(fs.FileSelector(parent))
+    filesystem = filesystem or fs.LocalFileSystem()
+    infos = filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
     return sorted((i.path for i in infos if i.type == fs.FileType.Directory
-                   and i.base_name.startswith("step-") and i.path != latest.path.rstrip("/")),
-                  reverse=True)
+                   and i.base_name.startswith("step-")), reverse=True)
 
 
 def console_log() -> None:

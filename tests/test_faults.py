@@ -589,3 +589,27 @@ def test_a_restart_skips_an_incomplete_latest_checkpoint_for_the_last_complete_o
         truncate(folder / checkpoint.WEIGHTS)
     with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint beside it"):
         train.resume_from(Trainer(tiny()), ray.train.Checkpoint(str(broken)), rank=0)
+
+
+def test_a_resume_finds_a_checkpoint_ray_had_not_recorded(tmp_path: Path, caplog):
+    """Ctrl-C between a checkpoint's upload and Ray's record of it: Ray hands the resumed
+    run no checkpoint, and the worker takes the newest complete one in the run's folder."""
+    from ray_jobs import train
+
+    runs = tmp_path / "run"
+    assert not train.resume_from(Trainer(tiny()), None, rank=0, run=(str(runs), None))
+    trainer = Trainer(tiny())
+    for step in (3, 6):
+        trainer.step = step
+        (runs / f"step-{step:08d}").mkdir(parents=True)
+        trainer.save(runs / f"step-{step:08d}")
+    shutil.copytree(runs / "step-00000006", runs / "step-00000009")
+    truncate(runs / "step-00000009" / "optimizer.safetensors")  # the upload was cut short
+
+    resumed = Trainer(tiny())
+    with caplog.at_level("INFO", logger="iicnet.train"):
+        assert train.resume_from(resumed, None, rank=0, run=(str(runs), None))
+    assert resumed.step == 6
+    assert f"resuming from the last complete checkpoint, {runs / 'step-00000006'}" in caplog.text
+    assert train.resume_from(Trainer(tiny()), None, rank=0, run=(str(tmp_path / "none"), None)
+                             ) is False
