@@ -203,6 +203,8 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         trainer = Trainer(tiny())
+        init = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+        noise = torch.rand(64, generator=trainer.noise())
         trainer.wrap(torch.nn.parallel.DistributedDataParallel)
         trainer.train_step(*batch(rank))
         images, reference = batch(10 + rank)
@@ -213,7 +215,7 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
         after = trainer.train_step(*batch(20 + rank))  # DDP steps on after a skipped backward
         flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
         torch.save({"event": event, "after": after.exploded, "step": trainer.step,
-                    "weights": flat}, f"{out}.{rank}")
+                    "weights": flat, "init": init, "noise": noise}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -230,3 +232,30 @@ def test_ranks_agree_on_an_explosion_under_ddp(tmp_path: Path):
         assert r["event"] is not None and r["event"]["resumed_step"] == 0
         assert r["after"] is None and r["step"] == 1
     assert torch.equal(results[0]["weights"], results[1]["weights"])
+    # One initialisation on every rank, but each rank its own quantisation noise.
+    assert torch.equal(results[0]["init"], results[1]["init"])
+    assert not torch.equal(results[0]["noise"], results[1]["noise"])
+
+
+def test_each_rank_and_step_draws_its_own_noise_and_a_resumed_run_draws_its_own(
+        tmp_path: Path):
+    trainer = Trainer(tiny())
+
+    def draw(rank: int | None = None) -> torch.Tensor:
+        return torch.rand(64, generator=trainer.noise(rank))
+
+    assert torch.equal(draw(0), draw(0)) and torch.equal(draw(), draw(0))
+    assert not torch.equal(draw(0), draw(1))
+    first = draw()
+    trainer.train_step(*batch(0))
+    assert not torch.equal(draw(), first), "a new draw each step"
+
+    trainer.save(tmp_path)
+    for seed in (1, 2):
+        trainer.train_step(*batch(seed))
+    resumed = Trainer(tiny())
+    resumed.load(tmp_path)
+    for seed in (1, 2):
+        resumed.train_step(*batch(seed))
+    for name, value in weights(trainer).items():
+        assert torch.equal(value, weights(resumed)[name]), name

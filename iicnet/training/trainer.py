@@ -77,6 +77,18 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def noise_seed(seed: int, rank: int, step: int, rollbacks: int) -> int:
+    """The seed of one step's training noise: distinct for every (seed, rank, step, rollbacks),
+    so ranks draw different noise, a resumed run draws what it would have drawn, and a step
+    retried after a rollback draws anew."""
+    mixed = ((seed * 1_000_003 + rank) * 1_000_000_007 + step) * 101 + rollbacks
+    return mixed % (2**63 - 1)
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all ranks (a no-op outside ``torch.distributed``)."""
     if world_size() == 1:
@@ -184,6 +196,16 @@ class Trainer:
         """Run the training forward through ``wrapper(model)`` (e.g. DDP); call after load."""
         self.net = wrapper(self.model)
 
+    def noise(self, rank_: int | None = None) -> torch.Generator:
+        """The generator of this step's quantisation (and distortion) noise, on this rank
+        (``rank_`` overrides it): each rank draws its own, so N ranks train on N noise
+        samples, not one; the model's initialisation (the global seed) stays the same on all
+        ranks. Seeded by :func:`noise_seed`, so it needs no place in the checkpoint."""
+        generator = torch.Generator(self.device)
+        generator.manual_seed(noise_seed(self.cfg.train.seed, rank() if rank_ is None else rank_,
+                                         self.step, self.rollbacks))
+        return generator
+
     def train_step(self, images: torch.Tensor, reference: torch.Tensor) -> StepResult:
         """One optimiser step on ``images`` uint8 (B, K, C, H, W), ``reference`` float
         (B, C_e, h, w); skipped, with the reason in ``exploded``, when the loss explodes."""
@@ -192,7 +214,7 @@ class Trainer:
         ref = reference.to(self.device, non_blocking=True).float()
         lr = self.lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.net(x)
+            out = self.net(x, self.noise())
         out = Output(out.embedding.float(), out.quantized.float(), out.restored.float())
         terms = iicnet_loss(out, x, ref, self.cfg.loss)
         values = torch.stack([getattr(terms, name).detach().float() for name in LOSS_TERMS])
