@@ -6,7 +6,8 @@ immunohistochemistry and the real stereo_motorcycle pair), offline, in about 5 s
 
 - ``DIR/davis``: ``DAVIS-2017-{trainval,test-dev,test-challenge}/JPEGImages/480p/<video>/
   NNNNN.jpg`` at DAVIS's 854x480. Each clip is a camera moving and zooming over one photo
-  with a soft-edged foreground cut from another photo moving on its own path (parallax).
+  with a soft-edged foreground cut from another photo moving on its own path (parallax), at
+  a speed per frame that does not depend on the clip's length (``PATH_FRAMES``).
   The trainval clips have 45 and 30 frames, so video windows up to K=9 at step 5 (41 frames)
   exist in train; the test-dev and test-challenge clips have 21 frames, one K=5 window at
   step 5 each (val and test): 201 JPEG frames (quality 80), about 9.5 MB.
@@ -113,6 +114,13 @@ def _cutout(photo: Image.Image, side: int) -> Image.Image:
     return square.resize((side, side), Image.Resampling.BILINEAR)
 
 
+PATH_FRAMES = 125
+"""Frames a clip takes to cover its whole path (``t`` from 0 to 1): motion per frame does not
+depend on the clip's length. Between frames 5 apart the foreground moves about 20-30 pixels
+and the camera about 12, the order of real DAVIS 480p clips; a clip covers at most the first
+45/125 of the path."""
+
+
 def _clip_frames(bg: Image.Image, fg: Image.Image, frames: int, seed: int):
     """Frames of a clip: the camera pans and zooms over ``bg``; ``fg`` moves on its own."""
     w, h = DAVIS_SIZE
@@ -120,7 +128,7 @@ def _clip_frames(bg: Image.Image, fg: Image.Image, frames: int, seed: int):
     sprite = _cutout(fg, 220)
     matte = _soft_mask(sprite.size, seed)
     for f in range(frames):
-        t = f / max(1, frames - 1)
+        t = f / PATH_FRAMES
         centre = (0.5 + 0.12 * math.cos(phase + 2.2 * t), 0.5 + 0.1 * math.sin(phase + 1.7 * t))
         frame = _view(bg, DAVIS_SIZE, centre, 1.0 + 0.15 * t)
         side = int(180 + 50 * t)
