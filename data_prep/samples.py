@@ -116,9 +116,9 @@ def _cutout(photo: Image.Image, side: int) -> Image.Image:
 
 PATH_FRAMES = 125
 """Frames a clip takes to cover its whole path (``t`` from 0 to 1): motion per frame does not
-depend on the clip's length. Between frames 5 apart the foreground moves about 20-30 pixels
-and the camera about 12, the order of real DAVIS 480p clips; a clip covers at most the first
-45/125 of the path."""
+depend on the clip's length. Between frames 5 apart (the video step) the foreground moves
+about 20-30 pixels and the camera up to about 15, the order of real DAVIS 480p clips; the
+longest clip (45 frames) covers the first 36% of the path."""
 
 
 def _clip_frames(bg: Image.Image, fg: Image.Image, frames: int, seed: int):
