@@ -72,6 +72,49 @@ def on_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
+def cluster_problem(uri: str, default_uri: str, *, data: str | None, storage: str | None,
+                    val_data: str | None = None) -> str | None:
+    """On a cluster (:func:`on_cluster`), why the job cannot run there, before anything
+    starts; None when it can (and always off a cluster).
+
+    The single-machine defaults fail late on a cluster: an SQLite store is a file in the
+    job's temporary folder, gone with it; local checkpoint storage is refused by Ray only at
+    the first checkpoint (thousands of steps in) once workers sit on other nodes; the sample
+    shards would be built on the head only. Each line says what to pass instead."""
+    from iicnet import storage as objects
+
+    if not on_cluster():
+        return None
+    problems = []
+    if uri == default_uri:
+        problems.append("MLFLOW_TRACKING_URI is not set: on a cluster, MLflow must be a "
+                        "tracking server every node reaches (set it in the job's runtime env, "
+                        "e.g. --runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": "
+                        "\"http://HEAD:5000\"}}'; see docs/cluster.md)")
+    elif uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        problems.append(f"MLFLOW_TRACKING_URI is {uri.split(':', 1)[0]}: a store on one "
+                        "node's disk; on a cluster point it at the tracking server "
+                        "(http://HEAD:5000, docs/cluster.md)")
+    if not data:
+        problems.append("--data is missing: the sample shards would be built on one node "
+                        "only; on a cluster pass --data s3://BUCKET/PREFIX (shards made by "
+                        "python -m data_prep)")
+    for flag, value in (("--data", data), ("--val-data", val_data)):
+        if value and not objects.is_s3(value):
+            problems.append(f"{flag} {value}: a local path, which the other nodes cannot "
+                            f"read; pass {flag} s3://BUCKET/PREFIX")
+    if not storage:
+        problems.append("--storage is missing: checkpoints would go to one node's disk; on "
+                        "a cluster pass --storage s3://BUCKET/PREFIX")
+    elif not objects.is_s3(storage):
+        problems.append(f"--storage {storage}: a local path; on a cluster checkpoints go where "
+                        "every node reaches them: pass --storage s3://BUCKET/PREFIX")
+    if not problems:
+        return None
+    return ("this job runs on the Ray cluster at RAY_ADDRESS, which it cannot use as given:\n  "
+            + "\n  ".join(problems))
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Join the cluster named by ``RAY_ADDRESS``, or start a private local Ray.
 

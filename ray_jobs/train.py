@@ -279,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     default_uri, default_artifacts = common.default_tracking(cache)
     uri = registry.tracking_uri(default_uri)
     artifact_location = default_artifacts if uri == default_uri else None
+    problem = common.cluster_problem(uri, default_uri, data=args.data, val_data=args.val_data,
+                                     storage=args.storage)
+    if problem:
+        return common.fail(problem)
     try:
         registry.check_tracking(uri)
         # Absolute, because Ray Train workers run in a directory of their own.
@@ -463,7 +467,24 @@ class Meter:
 
 
 def train_loop(job: dict[str, Any]) -> None:
-    """One Ray Train worker: stream its shards, step, validate, log (rank 0), checkpoint."""
+    """One Ray Train worker: :func:`train_steps`, with the first worker on each node logging
+    that node's system metrics (CPU, memory, disk, network, GPU) to the run as
+    ``system/node<N>/...``."""
+    import ray.train
+
+    from iicnet import registry
+
+    context = ray.train.get_context()
+    if context.get_local_rank() != 0:
+        return train_steps(job)
+    with registry.system_metrics(job["tracking_uri"], job["run_id"],
+                                 f"node{context.get_node_rank()}",
+                                 resume=ray.train.get_checkpoint() is not None):
+        return train_steps(job)
+
+
+def train_steps(job: dict[str, Any]) -> None:
+    """Stream this worker's shards, step, validate, log (rank 0), checkpoint."""
     import ray.train
     import ray.train.torch
     import torch

@@ -117,7 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="search algorithm: Optuna's TPE through Ray Tune, or random")
     parser.add_argument("--num-samples", type=int, default=4, help="trials (default 4)")
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default: as many "
-                        "as the resources hold; set it on an autoscaling cluster)")
+                        "as this machine's cores or GPUs hold; on a cluster, every trial, "
+                        "which the autoscaler meets by adding nodes)")
     parser.add_argument("--workers-per-trial", type=int, default=1,
                         help="Ray Train workers (DDP) per trial (default 1)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker, nccl, bf16")
@@ -132,7 +133,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="ASHA: keep the best 1/N at each rung (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
     parser.add_argument("--max-failures", type=int, default=1,
-                        help="worker-group restarts per trial from its latest checkpoint")
+                        help="restarts per trial from its latest checkpoint, of its worker "
+                        "group and of the trial itself (default 1)")
     parser.add_argument("--storage", help="Tune experiment and trial checkpoints: a directory "
                         "or s3://bucket/prefix (default: .iicnet/ray_results)")
     parser.add_argument("--experiment", help="MLflow experiment (default: iicnet-<task>)")
@@ -311,12 +313,14 @@ def resources(settings: dict[str, Any]) -> dict[str, Any]:
 
     Locally the workers of all concurrent trials share the cores; Ray is told of one more CPU
     per concurrent trial, held by the trial's driver, which only waits on its trainer. On a
-    cluster the resources are Ray's: concurrency defaults to what the cluster holds now.
+    cluster the resources are Ray's and concurrency is ``--max-concurrent``, by default every
+    trial at once: an autoscaling cluster adds nodes as trials ask for them, so what it holds
+    at submit time says nothing of what it can hold.
     """
     workers, gpu = settings["workers_per_trial"], settings["gpu"]
     if common.on_cluster():
-        return {"max_concurrent": settings["max_concurrent"], "num_cpus": None,
-                "threads": None, "per_worker": None}
+        return {"max_concurrent": settings["max_concurrent"] or settings["num_samples"],
+                "num_cpus": None, "threads": None, "per_worker": None}
     cpus = os.cpu_count() or 1
     if gpu:  # a GPU worker asks for its GPU only; the drivers need a CPU each
         import torch
@@ -328,17 +332,6 @@ def resources(settings: dict[str, Any]) -> dict[str, Any]:
     threads = max(1, cpus // (concurrent * workers))
     return {"max_concurrent": concurrent, "num_cpus": concurrent * (workers * threads + 1),
             "threads": threads, "per_worker": {"CPU": threads}}
-
-
-def cluster_concurrency(settings: dict[str, Any]) -> int:
-    """Trials that fit the cluster's current resources (at least 1)."""
-    import ray
-
-    total = ray.cluster_resources()
-    workers = settings["workers_per_trial"]
-    if settings["gpu"]:
-        return max(1, int(total.get("GPU", 0)) // workers)
-    return max(1, int(total.get("CPU", 0)) // (workers + 1))
 
 
 def objective_callback(min_embedding_psnr: float, penalty: float):
@@ -436,6 +429,10 @@ def build_tuner(settings: dict[str, Any], job: dict[str, Any], max_concurrent: i
                                     max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(name=settings["name"], storage_path=storage_path,
                                   storage_filesystem=filesystem, verbose=1,
+                                  # A trial whose driver is lost (its node gone) runs again,
+                                  # its trainer resuming from the trial's latest checkpoint.
+                                  failure_config=tune.FailureConfig(
+                                      max_failures=settings["max_failures"]),
                                   callbacks=[hook] if hook else None),
     )
 
@@ -459,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(args.resume, storage_path, filesystem)
         else:
             settings = new_settings(args)
+        problem = common.cluster_problem(uri, default_uri, data=settings["data"],
+                                         val_data=settings["val_data"], storage=args.storage)
+        if problem:
+            return common.fail(problem)
         base = from_dict(settings["config"])
         if settings["gpu"] and not common.on_cluster():
             import torch
@@ -494,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     common.watch_run(uri, parent)
     plan = resources(settings)
     common.init_ray(num_cpus=plan["num_cpus"])
-    max_concurrent = plan["max_concurrent"] or cluster_concurrency(settings)
+    max_concurrent = plan["max_concurrent"]
     if not resume:
         settings["parent_run_id"] = parent
         save_settings(settings, storage_path, filesystem)

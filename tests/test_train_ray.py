@@ -81,7 +81,8 @@ def test_two_workers_train_log_checkpoint_and_register(mlflow_server, davis_shar
     storage = tmp_path / "results"
     done = train(["--data", str(davis_shards), "--num-workers", "2", "--steps", "4",
                   "--storage", str(storage), "--experiment", "ray-test", "--name", "two",
-                  "--force-alias", *TINY], job_env(tmp_path, mlflow_server))
+                  "--force-alias", *TINY],
+                 job_env(tmp_path, mlflow_server, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1"))
     assert "registered: models:/iicnet-video/" in done.stdout
     assert "@candidate -> version" in done.stdout or "@candidate moved to" in done.stdout
 
@@ -100,6 +101,11 @@ def test_two_workers_train_log_checkpoint_and_register(mlflow_server, davis_shar
         assert history, key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/total")] == [
         1, 2, 3, 4]
+    # System metrics, sampled each second here, from the one node's first worker.
+    system = {key for key in run.data.metrics if key.startswith("system/")}
+    assert {"system/node0/cpu_utilization_percentage",
+            "system/node0/system_memory_usage_megabytes"} <= system, system
+    assert not [key for key in system if not key.startswith("system/node0/")]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "config.json" in artifacts
     grids = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
@@ -170,20 +176,59 @@ def test_a_killed_worker_resumes_on_s3(mlflow_server, s3: S3Server, bucket: str,
     assert s3.secret_key not in logged and s3.access_key not in logged
 
 
+def test_on_a_cluster_the_single_machine_defaults_are_refused_before_anything_starts(
+        capsys, monkeypatch, tmp_path: Path):
+    from ray_jobs import tune
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing listens: nothing may start
+    monkeypatch.setenv("IICNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "runs on the Ray cluster at RAY_ADDRESS" in err
+    for missing in ("MLFLOW_TRACKING_URI is not set", "--data is missing",
+                    "--storage is missing"):
+        assert missing in err
+    assert not (tmp_path / "cache" / "shards").exists(), "no sample shards built"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert main(["--data", "s3://b/shards", "--val-data", str(tmp_path), "--storage",
+                 str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "MLFLOW_TRACKING_URI is sqlite: a store on one node's disk" in err
+    assert f"--val-data {tmp_path}: a local path" in err
+    assert f"--storage {tmp_path / 'results'}: a local path" in err
+    assert "--data s3://b/shards" not in err
+    assert tune.main(["--steps", "2", "--storage", "s3://b/sweeps"]) == 2
+    err = capsys.readouterr().err
+    assert "--data is missing" in err and "--storage" not in err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.mark.slow
-def test_ray_job_submit(ray_head: RayHead, mlflow_server, davis_shards, tmp_path):  # noqa: F811
-    storage = tmp_path / "results"
+def test_ray_job_submit(ray_head: RayHead, mlflow_server, s3: S3Server, bucket: str,  # noqa: F811
+                        samples: Path, tmp_path: Path):
+    from data_prep.cli import main as prep
+
+    assert prep(["davis", "--root", str(samples / "davis"), "--out", f"{bucket}/davis",
+                 "--shard-size", "1"]) == 0
+    # On a cluster each node reaches S3 by its own role; on loopback the job is told the
+    # server, its test-only keys and, as docs/cluster.md says for an S3-compatible server,
+    # the checksum mode (Ray's own processes do not inherit the driver's environment).
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server,
-                                "MLFLOW_DISABLE_TELEMETRY": "true"}}
+                                "MLFLOW_DISABLE_TELEMETRY": "true", **s3.env(),
+                                "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
+                                "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED"}}
     command = [ray_head.ray(), "job", "submit", "--address", ray_head.dashboard,
                "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
-               sys.executable, "ray_jobs/train.py", "--data", str(davis_shards), "--steps", "2",
-               "--num-workers", "2", "--storage", str(storage), "--experiment", "ray-test",
-               "--name", "submitted", *TINY]
+               sys.executable, "ray_jobs/train.py", "--data", f"{bucket}/davis", "--steps", "2",
+               "--num-workers", "2", "--storage", f"{bucket}/results", "--experiment",
+               "ray-test", "--name", "submitted", *TINY]
     done = subprocess.run(command, env=ray_head.env, cwd=REPO, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0 and "succeeded" in done.stdout, (
         f"{done.stdout[-5000:]}\n{done.stderr[-3000:]}")
-    assert (storage / "submitted" / "step-00000002" / "model.safetensors").is_file()
+    keys = {o["Key"] for o in s3.client().list_objects_v2(
+        Bucket=bucket.removeprefix("s3://"), Prefix="results/").get("Contents", [])}
+    assert "results/submitted/step-00000002/model.safetensors" in keys
     _, run = mlflow_run(mlflow_server, "submitted")
     assert run.info.status == "FINISHED"
