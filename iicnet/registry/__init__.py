@@ -30,6 +30,7 @@ from iicnet.registry.models import (
     register,
     registered_version,
     start_run,
+    system_metrics,
     tracking_uri,
 )
 
@@ -38,4 +39,4 @@ __all__ = ["CHECKPOINT_ARTIFACT", "DEFAULT_ALIAS", "LOCAL_STORE", "MODEL_NAME", 
            "claim_alias", "experiment_id", "find_runs", "load_model", "local_store",
            "log_datasets", "log_model", "model_card", "model_name", "promote",
            "quiet_console", "redact", "register", "registered_version", "start_run",
-           "tracking_uri"]
+           "system_metrics", "tracking_uri"]

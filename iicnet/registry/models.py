@@ -20,13 +20,16 @@ its way out in a process that never set one.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +189,34 @@ def start_run(uri: str, experiment: str, run_name: str, config: Config, *,
     return run_id
 
 
+@contextlib.contextmanager
+def system_metrics(uri: str, run_id: str, node: str, *, resume: bool = False,
+                   interval: float = 10.0) -> Iterator[bool]:
+    """Log this machine's CPU, memory, disk, network (and, with NVML, GPU) use to run
+    ``run_id`` every ``interval`` seconds as ``system/<node>/...`` while the block runs;
+    yields whether it does (MLflow's monitor needs psutil; without it nothing is logged).
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides ``interval``. ``resume``
+    continues the step count of an earlier part of the run."""
+    try:
+        import psutil  # noqa: F401  (what MLflow's monitor samples with)
+    except ImportError:
+        yield False
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logger = logging.getLogger("mlflow.system_metrics")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # its start and stop lines are not for the console
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, node_id=node,
+                                   resume_logging=resume, tracking_uri=uri)
+    monitor.start()
+    try:
+        yield True
+    finally:
+        monitor.finish()
+        logger.setLevel(level)
+
+
 class Tracker:
     """Logs into one existing MLflow run; safe to build in any process that reaches ``uri``."""
 
@@ -320,6 +351,7 @@ def log_model(uri: str, run_id: str, directory: str | Path, *,
                 path=str(saved),
                 python_model=str(Path(__file__).resolve().with_name("pyfunc.py")),
                 artifacts={CHECKPOINT_ARTIFACT: str(files)},
+                signature=_signature(), input_example=_input_example(config),
                 code_paths=[str(code)],
                 pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy",
                                   "safetensors", "pyyaml", "pillow"],
@@ -332,6 +364,36 @@ def log_model(uri: str, run_id: str, directory: str | Path, *,
         raise
     client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     return f"models:/{model.model_id}"
+
+
+def _signature():
+    """Parameters only (see :mod:`iicnet.registry.pyfunc`): ``mode``, default ``auto``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    return ModelSignature(params=ParamSchema([ParamSpec("mode", "string", "auto")]))
+
+
+def _input_example(config: Config):
+    """A serving request as the model page shows it: one record of K 32x32 RGB PNGs
+    (gradients, one hue each), base64; with its parameters."""
+    import base64
+    import io
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, 32, dtype=np.float64)
+    images = []
+    for k in range(config.model.num_images):
+        pixels = np.stack([np.add.outer(ramp, ramp) / 2,
+                           np.full((32, 32), 255.0 * k / max(1, config.model.num_images - 1)),
+                           np.add.outer(ramp[::-1], ramp) / 2], axis=-1)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.round().astype(np.uint8)).save(buffer, format="PNG")
+        images.append(base64.b64encode(buffer.getvalue()).decode())
+    return pd.DataFrame([{"images": images}]), {"mode": "auto"}
 
 
 def model_card(config: Config, scores: dict[str, float], *, data: str, step: int | None,

@@ -12,8 +12,13 @@ all: it reads the same artifact straight into an :class:`~iicnet.model.IICNet`.
   ``{"embedding": base64 PNG}`` (any size, tiled, provenance in the PNG) or
   ``{"images": [K base64 PNGs], "names": [...]}``;
 - uint8 arrays (``{"inputs": ...}``): ``(B, K, C, H, W)`` images -> ``(B, C_e, H/s, W/s)``
-  embeddings, and 4-D embeddings -> ``(B, K, C, H, W)`` images (``params={"mode": ...}``
-  says which explicitly when called in-process).
+  embeddings, and 4-D embeddings -> ``(B, K, C, H, W)`` images; ``params={"mode":
+  "encode"|"decode"}`` says which explicitly (default ``"auto"``: by the array's rank).
+
+The model's signature declares that one parameter, so MLflow hands it through both
+``mlflow.pyfunc.load_model(...).predict(x, params=...)`` and HTTP (``{"inputs": ...,
+"params": {"mode": ...}}``); it declares no input schema, which would force one of the two
+input forms on the other. The logged input example is a records request of K small images.
 """
 
 from __future__ import annotations
@@ -43,11 +48,13 @@ class IICNetPyfunc(PythonModel):
         if hasattr(model_input, "to_dict") or isinstance(model_input, list):
             return self.converter.handle(model_input)
         x = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.uint8))
-        mode = (params or {}).get("mode") or {5: "encode", 4: "decode"}.get(x.ndim)
+        mode = (params or {}).get("mode") or "auto"
+        if mode == "auto":
+            mode = {5: "encode", 4: "decode"}.get(x.ndim, "auto")
         if mode not in ("encode", "decode"):
             raise ValueError(f"expected (B, K, C, H, W) images or (B, C_e, h, w) "
-                             "embeddings, or params.mode 'encode' / 'decode'; got shape "
-                             f"{tuple(x.shape)} and mode {mode!r}")
+                             "embeddings, and params.mode 'auto', 'encode' or 'decode'; got "
+                             f"shape {tuple(x.shape)} and mode {mode!r}")
         out = self.model.encode(x) if mode == "encode" else self.model.decode(x)
         return out.numpy()
 
