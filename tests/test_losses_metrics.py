@@ -26,6 +26,28 @@ def test_frequency_loss_of_a_constant_offset_is_in_the_dc_term():
     assert frequency_loss(e, ref2).item() == pytest.approx(12.0)
 
 
+def test_frame_balance_pushes_the_worse_image_harder_and_keeps_the_scale():
+    x = torch.zeros(2, 3, 3, 4, 4)
+    y = x.clone()
+    y[:, 1] += 0.1  # image 1 restored well, image 2 badly
+    y[:, 2] += 0.4
+    plain = restoration_loss(y, x)
+    assert restoration_loss(y, x, balance=0.0).item() == plain.item()
+
+    def gradient(balance: float) -> torch.Tensor:
+        restored = y.clone().requires_grad_(True)
+        restoration_loss(restored, x, balance=balance).backward()
+        return restored.grad.abs().flatten(2).sum(2).mean(0).tolist()  # per image
+
+    same, balanced = gradient(0.0), gradient(1.0)
+    assert same[1] == pytest.approx(same[2], rel=1e-3)  # Charbonnier: no harder push
+    assert balanced[2] / balanced[1] == pytest.approx(4.0, rel=1e-2)  # 0.4 / 0.1
+    # Weights average 1: equal errors leave the loss as published.
+    even = x + 0.2
+    assert restoration_loss(even, x, balance=1.0).item() == pytest.approx(
+        restoration_loss(even, x).item(), rel=1e-6)
+
+
 def test_restoration_loss_is_charbonnier_divided_by_k():
     x = torch.zeros(1, 2, 1, 1, 2)
     y = torch.tensor([[[[[0.3, 0.0]]], [[[0.4, 0.0]]]]])

@@ -65,6 +65,9 @@ class LossConfig:
     lambda_freq: float = 0.001
     lambda_res: float = 3.0
     charbonnier_eps: float = 1e-6
+    frame_balance: float = 0.0
+    """0 as published; up to 1: weigh each image's restoration term by its share of the
+    error (:func:`iicnet.model.losses.restoration_loss`)."""
 
 
 @dataclass
@@ -255,7 +258,7 @@ UPPER = {
     "model.blocks": 256, "model.nf": 4096, "model.growth": 4096, "model.clamp": 100.0,
     "model.relation_residual_scale": 100.0,
     "loss.lambda_emb": 1e6, "loss.lambda_freq": 1e6, "loss.lambda_res": 1e6,
-    "loss.charbonnier_eps": 1.0,
+    "loss.charbonnier_eps": 1.0, "loss.frame_balance": 1.0,
     "optim.lr": 10.0, "optim.weight_decay": 1.0, "optim.grad_clip": 1e9,
     "data.step": 10_000, "data.crop": 8192, "data.batch_size": 4096,
     "data.shuffle_buffer": 1_000_000, "data.loader_workers": 256,
@@ -327,7 +330,8 @@ def _validate(cfg: Config) -> None:
         if value <= 0:
             raise ConfigError(f"{path}: must be positive, got {value!r}")
     for path, value in {"loss.lambda_emb": lo.lambda_emb, "loss.lambda_freq": lo.lambda_freq,
-                        "loss.lambda_res": lo.lambda_res, "optim.weight_decay": o.weight_decay,
+                        "loss.lambda_res": lo.lambda_res, "loss.frame_balance": lo.frame_balance,
+                        "optim.weight_decay": o.weight_decay,
                         "optim.grad_clip": o.grad_clip, "model.clamp": m.clamp,
                         "data.loader_workers": d.loader_workers}.items():
         if value < 0:

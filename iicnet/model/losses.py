@@ -22,10 +22,22 @@ def frequency_loss(embedding: torch.Tensor, reference: torch.Tensor) -> torch.Te
 
 
 def restoration_loss(restored: torch.Tensor, original: torch.Tensor,
-                     eps: float = 1e-6) -> torch.Tensor:
-    """L_res: Charbonnier ``sqrt(d^2 + eps)`` over ``(B, K, C, H, W)``, divided by K."""
+                     eps: float = 1e-6, balance: float = 0.0) -> torch.Tensor:
+    """L_res: Charbonnier ``sqrt(d^2 + eps)`` over ``(B, K, C, H, W)``, divided by K.
+
+    ``balance`` (0 as published, up to 1) weighs each of the K images by its share of the
+    batch's error (detached): weight ``1 - balance + balance * K * L_k / sum_j L_j``, which
+    averages 1. Charbonnier's gradient hardly grows with the error, so a small network can
+    settle on restoring one image well and another at its copy baseline; the weights push
+    the worse one harder."""
     k = original.shape[1]
-    return torch.sqrt((restored - original).pow(2) + eps).flatten(1).sum(1).mean() / k
+    charbonnier = torch.sqrt((restored - original).pow(2) + eps)
+    if not balance:
+        return charbonnier.flatten(1).sum(1).mean() / k
+    per_image = charbonnier.flatten(2).sum(2)  # (B, K)
+    share = per_image.detach().mean(0)
+    weights = (1 - balance) + balance * k * share / share.sum()
+    return (per_image * weights).sum(1).mean() / k
 
 
 @dataclass
@@ -44,6 +56,6 @@ def iicnet_loss(out: Output, images: torch.Tensor, reference: torch.Tensor,
     """Weighted sum; the embedding terms use the unquantised embedding (as the authors do)."""
     emb = embedding_loss(out.embedding, reference)
     freq = frequency_loss(out.embedding, reference)
-    res = restoration_loss(out.restored, images, cfg.charbonnier_eps)
+    res = restoration_loss(out.restored, images, cfg.charbonnier_eps, cfg.frame_balance)
     total = cfg.lambda_emb * emb + cfg.lambda_freq * freq + cfg.lambda_res * res
     return LossTerms(total, emb, freq, res)
