@@ -30,9 +30,9 @@ test: $(STAMP) postgres
 	# tests before it, the next session-fixture teardown (or, in one long process, a test
 	# in test_faults.py) ended in a segfault, exit 139, after every engine test had passed;
 	# alone, and after the other tests in their own process, everything exits cleanly.
-	$(PY) -m pytest -q $(filter-out tests/test_engine.py,$(wildcard tests/test_[a-e]*.py))
+	$(PY) -m pytest -q --durations=8 $(filter-out tests/test_engine.py,$(wildcard tests/test_[a-e]*.py))
 	$(PY) -m pytest -q tests/test_engine.py
-	$(PY) -m pytest -q $(wildcard tests/test_[f-z]*.py)
+	$(PY) -m pytest -q --durations=12 $(wildcard tests/test_[f-z]*.py)
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py

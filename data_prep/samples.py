@@ -32,6 +32,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from iicnet.storage.atomic import replacing
 
+VERSION = "2"
+"""Changes whenever the sample datasets change (2: DAVIS clips at PATH_FRAMES speed), so a
+cache of an older build is rebuilt (:func:`ray_jobs.common.sample_shards`)."""
 DAVIS_SIZE = (854, 480)
 DAVIS_CLIPS: dict[str, dict[str, int]] = {
     "DAVIS-2017-trainval": {"astronaut-drift": 45, "rocket-zoom": 30},

@@ -41,14 +41,26 @@ def command(name: str) -> str:
 
 
 def sample_shards(cache: Path | None = None) -> str:
-    """Shards of the DAVIS-layout sample dataset, built (about 10 s) when missing."""
+    """Shards of the DAVIS-layout sample dataset, built (about 10 s) when missing, and built
+    again when they come from an older version of the sample datasets."""
+    import shutil
+
     from data_prep.cli import main as prep
+    from data_prep.samples import VERSION
 
     cache = cache or cache_dir()
     shards = cache / "shards" / "davis"
-    if (shards / "manifest.json").is_file():
-        return str(shards)
     samples = cache / "samples"
+    stamp = cache / "shards" / "samples-version"
+    current = stamp.read_text().strip() if stamp.is_file() else None
+    if (shards / "manifest.json").is_file() and current == VERSION:
+        return str(shards)
+    if (shards / "manifest.json").is_file() or (samples / "davis").is_dir():
+        if current != VERSION:
+            print(f"the sample datasets changed (version {VERSION}): rebuilding {samples} "
+                  f"and {shards}", flush=True)
+            shutil.rmtree(samples, ignore_errors=True)
+            shutil.rmtree(shards, ignore_errors=True)
     if not (samples / "davis").is_dir():
         print(f"building the sample dataset in {samples} ...", flush=True)
         if prep(["samples", "--out", str(samples)]) != 0:
@@ -57,6 +69,7 @@ def sample_shards(cache: Path | None = None) -> str:
     if prep(["davis", "--root", str(samples / "davis"), "--out", str(shards),
              "--shard-size", "1"]) != 0:
         raise RuntimeError(f"sharding the sample dataset into {shards} failed")
+    stamp.write_text(VERSION + "\n")
     return str(shards)
 
 
@@ -171,6 +184,9 @@ def watcher() -> None:
     sys.stdin.buffer.read()  # returns once every write end is closed: the driver is gone
     from iicnet import registry
 
-    tracker = registry.Tracker(job["uri"], job["run_id"])
-    if tracker.status() == "RUNNING":
-        tracker.finish("KILLED")
+    try:
+        tracker = registry.Tracker(job["uri"], job["run_id"])
+        if tracker.status() == "RUNNING":
+            tracker.finish("KILLED")
+    except Exception:  # noqa: BLE001  the store went with its owner (a temporary one): nothing
+        pass           # left to mark, and no console to report to
