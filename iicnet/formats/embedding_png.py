@@ -297,7 +297,7 @@ def decode(data: bytes, where: str, *, allow_lossy: bool = False
     if pixels.shape[:2] != expected:
         raise EmbeddingFileError(f"{where}: {pixels.shape[1]}x{pixels.shape[0]} pixels, but "
                                  f"its metadata says {expected[1]}x{expected[0]}; it was "
-                                 "resized after it was written")
+                                 "cropped or resized after it was written")
     if pixel_digest(pixels) != info.pixels and not allow_lossy:
         raise LossyEmbeddingError(
             f"{where}: its pixels changed after iicnet wrote it (lossy re-compression or "

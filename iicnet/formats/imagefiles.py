@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import io
 import re
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -54,7 +55,47 @@ def open_image(source: bytes | str | Path) -> Image.Image:
         # PIL names in-memory streams in some messages ("<_io.BytesIO object at 0x...>");
         # drop that so one bad file gives the same reason in every run and manifest.
         reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc)).strip()
-        raise UndecodableImage(reason or type(exc).__name__) from exc
+        reason = re.sub(r"\s*'[^']*'$", "", reason)  # "cannot identify image file '/x/y'"
+        raise UndecodableImage(_empty(source) or png_damage(source) or reason
+                               or type(exc).__name__) from exc
+
+
+def _empty(source: bytes | str | Path) -> str | None:
+    try:
+        size = len(source) if isinstance(source, bytes | bytearray) else Path(source).stat().st_size
+    except OSError:
+        return None
+    return "an empty file (0 bytes)" if size == 0 else None
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_damage(source: bytes | str | Path) -> str | None:
+    """What is wrong with a PNG's chunk structure (the first chunk whose CRC fails, or that
+    runs past the end of the file), for messages; None for a file that is not a PNG or
+    whose chunks are whole (its damage, if any, is elsewhere: the compressed pixels)."""
+    try:
+        data = source if isinstance(source, bytes | bytearray) else Path(source).read_bytes()
+    except OSError:
+        return None
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    at = len(PNG_SIGNATURE)
+    while at + 8 <= len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        kind = data[at + 4:at + 8]
+        name = kind.decode("latin-1") if kind.isalpha() else repr(bytes(kind))
+        end = at + 12 + length
+        if end > len(data):
+            return (f"a damaged PNG: chunk {name} at byte {at} needs {length} bytes, but the "
+                    f"file ends {len(data) - at - 8} bytes in (truncated)")
+        if zlib.crc32(data[at + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
+            return f"a damaged PNG: chunk {name} at byte {at} fails its CRC check"
+        if kind == b"IEND":
+            return None
+        at = end
+    return None
 
 
 def is_video(path: str | Path) -> bool:
@@ -95,10 +136,8 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with open_image(path) as image:
             image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit greyscale: keep the top 8 bits (PIL's convert would clip instead)
-                array = np.asarray(image, dtype=np.uint32) >> (8 if image.mode != "I" else 0)
-                image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                image = Image.fromarray(_to_8_bit(np.asarray(image), image.mode, path))
             return np.asarray(image.convert("RGB"))
     except FileNotFoundError as exc:
         raise InputError(f"{path}: no such file") from exc
@@ -108,6 +147,28 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: not readable ({exc.strerror})") from exc
     except UndecodableImage as exc:
         raise InputError(f"{path}: not an image this program can read ({exc})") from exc
+
+
+def _to_8_bit(array: np.ndarray, mode: str, path: str | Path) -> np.ndarray:
+    """Greyscale of more than 8 bits as 8-bit (PIL's convert would clip): 16-bit keeps its
+    top 8 bits; 32-bit integers are taken as 8-bit or 16-bit data by their largest value;
+    floating point must lie in 0..1 (scaled to 0..255)."""
+    if mode == "F":
+        finite = np.isfinite(array).all()
+        low, high = (float(array.min()), float(array.max())) if finite else (0.0, 0.0)
+        if not finite or low < 0 or high > 1:
+            found = "NaN or infinite values" if not finite else f"values {low:g}..{high:g}"
+            raise InputError(f"{path}: a floating-point image with {found}; this program "
+                             "reads floating-point pixels in 0..1 only")
+        return np.rint(array * 255).astype(np.uint8)
+    wide = array.astype(np.int64)
+    if mode == "I":
+        low, high = int(wide.min()), int(wide.max())
+        if low < 0 or high > 65535:
+            raise InputError(f"{path}: a 32-bit integer image with values {low}..{high}; "
+                             "this program reads 8-bit or 16-bit pixels only")
+        return (wide >> (8 if high > 255 else 0)).astype(np.uint8)
+    return (wide >> 8).astype(np.uint8)
 
 
 def check_same_size(images: list[np.ndarray], names: list[str]) -> None:
