@@ -492,7 +492,7 @@ def train_steps(job: dict[str, Any]) -> None:
     from iicnet import registry
     from iicnet.data import make_loader
     from iicnet.model.config import from_dict
-    from iicnet.training import Trainer, all_reduce_sum, image_grid
+    from iicnet.training import Trainer, all_reduce_sum
 
     cfg = from_dict(job["config"])
     # Ray Train logs each report and checkpoint at INFO; the console shows rank 0's own lines.
@@ -531,6 +531,7 @@ def train_steps(job: dict[str, Any]) -> None:
                                world_size=world, resampled=True, seed=seed))
     val_cfg = cfg.override(["data.loader_workers=0"])
     meter = Meter()
+    drained = False
     t, steps = cfg.train, cfg.train.steps
     loop_began = time.perf_counter()
     while trainer.step < steps:
@@ -577,12 +578,55 @@ def train_steps(job: dict[str, Any]) -> None:
             scores = val.means()
             if tracker and step > logged["val"]:
                 tracker.metrics(scores, step)
-                if val.example is not None:
-                    tracker.image(image_grid(**val.example), f"validation/step-{step:08d}.png")
+                picture = validation_picture(trainer, job["val_data"], cfg)
+                if picture is not None:
+                    tracker.image(picture, "validation", step)
                 log.info("step %d: %s", step,
                          ", ".join(f"{k[4:]} {v:.3f}" for k, v in scores.items()))
-        if step % t.checkpoint_every == 0 or final:
+        saved = step % t.checkpoint_every == 0 or final
+        if saved:
             save_and_report(trainer, rank, {"step": step, **result.losses, **scores})
+        if step % t.log_every == 0 and not final and not drained:
+            drained = preempted(trainer, rank, tracker, step, saved, result.losses)
+
+
+def validation_picture(trainer, source: str, cfg):
+    """The first validation item at a size a person can judge (a centre crop of
+    ``PREVIEW_CROP`` pixels, or the whole image when smaller), captioned with each image's
+    PSNR; None when the split has no item."""
+    from iicnet.tasks import evaluation_items, get_task
+    from iicnet.training import PREVIEW_CROP, preview
+
+    item = next(evaluation_items(source, cfg.override([f"data.crop={PREVIEW_CROP}"]), "val"),
+                None)
+    if item is None:
+        return None
+    return preview(trainer.model, *item, trainer.device, get_task(cfg).output_names)
+
+
+def preempted(trainer, rank: int, tracker, step: int, saved: bool,
+              losses: dict[str, float]) -> bool:
+    """Whether a node of the worker group is being drained (a spot instance's notice turned
+    into a Ray drain, ``ray drain-node``, an autoscaler scaling down); if so, a checkpoint of
+    this step at once, unless one was just written, so the restart that follows the node's
+    loss (Ray Train's, counted against ``FailureConfig.max_preemption_failures``) loses
+    almost nothing. Asked every ``train.log_every`` steps: every rank asks (Ray agrees on one
+    answer across ranks), so all take the same branch."""
+    import ray.train
+
+    info = ray.train.get_preemption_info()
+    if info is None:
+        return False
+    if tracker is not None:
+        left = "" if info.deadline_ms is None else \
+            f", {max(0.0, info.deadline_ms / 1000 - time.time()):.0f} s before its deadline"
+        log.warning("node(s) %s of ranks %s being drained%s: checkpoint at step %d%s",
+                    ", ".join(n[:12] for n in info.preempted_node_ids), info.preempted_ranks,
+                    left, step, " (just written)" if saved else " now")
+        tracker.metrics({"train/drain_checkpoint": step}, step)
+    if not saved:
+        save_and_report(trainer, rank, {"step": step, **losses})
+    return True
 
 
 def driver_gone(job: dict[str, Any], tracker) -> bool:

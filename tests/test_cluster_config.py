@@ -153,3 +153,25 @@ def test_a_missing_password_file_is_named(tmp_path, capsys):
     path.write_text(yaml.safe_dump(settings))
     assert cluster_config.main(["--settings", str(path), "-o", str(tmp_path / "c.yaml")]) == 2
     assert f"pgpass_file: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
+def test_the_spot_watcher_reads_the_interruption_notice_and_its_deadline():
+    import importlib.util
+
+    from tests.test_node_loss import FakeMetadata
+
+    spec = importlib.util.spec_from_file_location("spot_watcher",
+                                                  ROOT / "cluster" / "spot_watcher.py")
+    watcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(watcher)
+    metadata = FakeMetadata()
+    assert watcher.notice(metadata.url) is None
+    metadata.interrupt(90)
+    found = watcher.notice(metadata.url)
+    assert found["action"] == "terminate"
+    assert 85 <= watcher.seconds_left(found) <= 90
+    assert watcher.seconds_left({"action": "terminate"}) == 120
+    assert watcher.seconds_left({"time": "2020-01-01T00:00:00Z"}) == 0
+    with pytest.raises(SystemExit) as exit_:
+        watcher.main(["--address", "127.0.0.1:1", "--interval", "0"])
+    assert exit_.value.code == 2

@@ -24,6 +24,7 @@ from iicnet.training import (
     Trainer,
     TrainingDiverged,
     image_grid,
+    preview,
     read_state,
     validate,
 )
@@ -196,6 +197,32 @@ def test_validation_scores_the_rounded_embedding_per_image():
     })
     grid = image_grid(**result.example)
     assert grid.shape == (2 * 16 + 4, 3 * 16 + 2 * 4, 3) and grid.dtype.name == "uint8"
+
+
+def test_the_validation_preview_shows_each_image_with_its_psnr():
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from iicnet.training.trainer import CAPTION_BAND
+
+    n, gap, band = 128, 4, CAPTION_BAND
+    trainer = Trainer(tiny())
+    images, reference = batch(3, b=1, size=n)
+    picture = preview(trainer.model, images[0], reference[0], names=["first", "second"])
+    assert picture.shape == (2 * (n + band) + gap, 3 * n + 2 * gap, 3)
+    example = validate(trainer.model, [(images, reference)]).example
+    plain = image_grid(**example, captions=[["", "", ""], ["", "", ""]])
+    # the tiles are the round trip's pictures; the bands under them carry the captions
+    for rows in (slice(0, n), slice(n + band + gap, 2 * n + band + gap)):
+        assert (picture[rows] == plain[rows]).all()
+    restored = psnr(example["restored"], example["images"]).tolist()
+    expected = Image.fromarray(plain.copy())
+    ImageDraw.Draw(expected).text((n + gap + 2, 2 * n + band + gap + 2),
+                                  f"restored {restored[0]:.2f} dB", fill=(0, 0, 0))
+    second = (slice(2 * n + band + gap, None), slice(n + gap, 2 * n + gap))
+    assert (picture[second] != 255).any()
+    assert (picture[second] == np.asarray(expected)[second]).all(), \
+        "the second tile's caption is its restored PSNR"
 
 
 def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:

@@ -236,8 +236,10 @@ class Tracker:
         batch = [Metric(k, float(v), now, step) for k, v in values.items()]
         self._client.log_batch(self.run_id, metrics=batch)
 
-    def image(self, picture: np.ndarray, path: str) -> None:
-        self._client.log_image(self.run_id, picture, artifact_file=path)
+    def image(self, picture: np.ndarray, key: str, step: int) -> None:
+        """A picture in the run's image series ``key`` at ``step`` (the UI's slider walks
+        through the steps)."""
+        self._client.log_image(self.run_id, picture, key=key, step=step)
 
     def json(self, data: Any, path: str) -> None:
         self._client.log_dict(self.run_id, data, path)

@@ -8,6 +8,7 @@ from iicnet.training.trainer import (
     LOSS_TERMS,
     METRICS,
     OPTIMIZER,
+    PREVIEW_CROP,
     STATE,
     ExplosionGuard,
     StateError,
@@ -18,6 +19,7 @@ from iicnet.training.trainer import (
     Validation,
     all_reduce_sum,
     image_grid,
+    preview,
     read_state,
     validate,
     world_size,
@@ -25,4 +27,5 @@ from iicnet.training.trainer import (
 
 __all__ = ["LOSS_TERMS", "METRICS", "OPTIMIZER", "STATE", "ExplosionGuard", "StateError",
            "StepResult", "Trainer", "TrainingDiverged", "TrainingState", "Validation",
-           "all_reduce_sum", "image_grid", "read_state", "validate", "world_size"]
+           "all_reduce_sum", "image_grid", "preview", "PREVIEW_CROP", "read_state", "validate",
+           "world_size"]

@@ -42,7 +42,7 @@ from iicnet.formats import checkpoint
 from iicnet.model import IICNet, Output, to_uint8
 from iicnet.model.config import Config, OptimConfig
 from iicnet.model.losses import iicnet_loss
-from iicnet.model.metrics import score
+from iicnet.model.metrics import psnr, score
 
 OPTIMIZER = "optimizer.safetensors"
 STATE = "trainer.json"
@@ -442,7 +442,8 @@ def validate(model: IICNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 def image_grid(images: torch.Tensor, reference: torch.Tensor, embedding: torch.Tensor,
-               restored: torch.Tensor, gap: int = 4) -> np.ndarray:
+               restored: torch.Tensor, gap: int = 4,
+               captions: list[list[str]] | None = None) -> np.ndarray:
     """One item as an (H', W', 3) uint8 picture, two rows of K+1 tiles::
 
         reference   original 1 .. original K
@@ -450,8 +451,10 @@ def image_grid(images: torch.Tensor, reference: torch.Tensor, embedding: torch.T
 
     ``images``/``restored`` (K, C, H, W), ``reference``/``embedding`` (C_e, h, w), all uint8;
     a smaller embedding is enlarged (nearest) and a 1-channel one shown in grey.
+    ``captions``: two rows of K+1 lines, printed under the tiles.
     """
     k, _, h, w = images.shape
+    band = CAPTION_BAND if captions else 0
 
     def tile(t: torch.Tensor) -> torch.Tensor:
         t = t.expand(3, -1, -1) if t.shape[0] == 1 else t
@@ -460,9 +463,42 @@ def image_grid(images: torch.Tensor, reference: torch.Tensor, embedding: torch.T
         return t.to(torch.uint8)
 
     rows = [[reference, *images.unbind(0)], [embedding, *restored.unbind(0)]]
-    canvas = torch.full((3, 2 * h + gap, (k + 1) * w + k * gap), 255, dtype=torch.uint8)
+    canvas = torch.full((3, 2 * (h + band) + gap, (k + 1) * w + k * gap), 255, dtype=torch.uint8)
     for r, row in enumerate(rows):
         for c, picture in enumerate(row):
-            top, left = r * (h + gap), c * (w + gap)
+            top, left = r * (h + band + gap), c * (w + gap)
             canvas[:, top:top + h, left:left + w] = tile(picture)
-    return canvas.permute(1, 2, 0).numpy()
+    picture = canvas.permute(1, 2, 0).numpy()
+    if not captions:
+        return picture
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(picture)
+    draw = ImageDraw.Draw(image)
+    for r, row in enumerate(captions):
+        for c, text in enumerate(row):
+            draw.text((c * (w + gap) + 2, r * (h + band + gap) + h + 2), text, fill=(0, 0, 0))
+    return np.asarray(image)
+
+
+CAPTION_BAND = 14
+"""Pixels under each tile of a captioned grid for one line of PIL's default font."""
+
+PREVIEW_CROP = 256
+"""Side of the centre crop a training run's validation picture shows (issue 14: a size a
+person can judge); smaller images are shown whole."""
+
+
+def preview(model: IICNet, images: torch.Tensor, reference: torch.Tensor,
+            device: torch.device | str = "cpu", names: list[str] | None = None) -> np.ndarray:
+    """A captioned picture of one item (``images`` (K, C, H, W), ``reference`` as the task
+    gives them): the reference and the K images, then the rounded embedding and the images
+    restored from it, each with its PSNR in dB (the embedding's against the reference)."""
+    example = validate(model, [(images[None], reference[None])], device).example
+    assert example is not None
+    restored = psnr(example["restored"], example["images"]).tolist()
+    names = names or [f"image {j + 1}" for j in range(len(restored))]
+    captions = [["reference", *names],
+                [f"embedding {float(psnr(example['embedding'], example['reference'])):.2f} dB",
+                 *(f"restored {value:.2f} dB" for value in restored)]]
+    return image_grid(**example, captions=captions)
