@@ -142,6 +142,10 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(logging_level=logging.WARNING)
         return
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # Ray turns on token authentication for the private cluster it starts and says so at
+    # WARNING each time; nothing for the user to do, so not on their console.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR)
     # The dashboard serves the State API that Ray Train's placement-group cleaner polls.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
              dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",

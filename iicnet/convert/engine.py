@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -155,7 +156,11 @@ class OpenVinoEngine:
             example = torch.rand(1, m.embed_channels, side, side)
             shape = [1, m.embed_channels, -1, -1]
         module = _Direction(self.model.cpu().eval(), direction)
-        with torch.no_grad():
+        # Tracing warns that the network's shape checks become constants; the exported
+        # graph takes any size (the dynamic shape above), and the converter checks the image
+        # count and pads the sizes before it calls an engine: nothing a user can act on.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             converted = ov.convert_model(module, example_input=example,
                                          input=[ov.PartialShape(shape)])
         with adding(self.folder) as tmp:

@@ -327,7 +327,7 @@ def log_model(uri: str, run_id: str, directory: str | Path, *,
     logged model FAILED.
     """
     import mlflow
-    from mlflow.entities import LoggedModelStatus
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
     directory = Path(directory)
     config = checkpoint.load_config(directory)
@@ -365,6 +365,8 @@ def log_model(uri: str, run_id: str, directory: str | Path, *,
         client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
         raise
     client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    # The run's outputs: what the run page lists under "Logged models".
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step or 0)])
     return f"models:/{model.model_id}"
 
 
