@@ -127,6 +127,8 @@ def test_two_workers_train_log_checkpoint_and_register(mlflow_server, davis_shar
     linked = {m.key: m.value for m in logged.metrics}
     assert linked["val/restored_psnr"] == pytest.approx(float(version.tags["val/restored_psnr"]),
                                                         abs=1e-4)
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [  # the model page's list
+        {"name": "iicnet-video", "version": version.version}]
     outputs = client.get_run(run.info.run_id).outputs.model_outputs  # the run page's list
     assert [(o.model_id, o.step) for o in outputs] == [(logged.model_id, 4)]
     inputs = client.get_run(run.info.run_id).inputs.dataset_inputs

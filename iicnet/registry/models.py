@@ -444,6 +444,7 @@ def register(uri: str, model_uri: str, name: str, *, alias: str | None = DEFAULT
     ``name`` with ``tags`` and ``description`` (the version page's model card), and point
     ``alias`` at it (None: leave the aliases; see :func:`claim_alias`); returns the version."""
     from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
     client = _client(uri)
     model_id = _logged_model_id(model_uri)
@@ -459,6 +460,11 @@ def register(uri: str, model_uri: str, name: str, *, alias: str | None = DEFAULT
                                           run_id=logged.source_run_id, model_id=model_id,
                                           tags={k: str(v) for k, v in (tags or {}).items()},
                                           description=description)
+    # The logged model's page lists its versions from this tag (what mlflow.register_model
+    # writes); the registry on a database keeps no model id on the version itself.
+    listed = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+        [*listed, {"name": name, "version": str(version.version)}])})
     if alias is not None:
         client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
