@@ -53,14 +53,14 @@ def sample_shards(cache: Path | None = None) -> str:
     samples = cache / "samples"
     stamp = cache / "shards" / "samples-version"
     current = stamp.read_text().strip() if stamp.is_file() else None
-    if (shards / "manifest.json").is_file() and current == VERSION:
+    built = (shards / "manifest.json").is_file()
+    if built and current == VERSION:
         return str(shards)
-    if (shards / "manifest.json").is_file() or (samples / "davis").is_dir():
-        if current != VERSION:
-            print(f"the sample datasets changed (version {VERSION}): rebuilding {samples} "
-                  f"and {shards}", flush=True)
-            shutil.rmtree(samples, ignore_errors=True)
-            shutil.rmtree(shards, ignore_errors=True)
+    if current != VERSION and (built or (samples / "davis").is_dir()):
+        print(f"the sample datasets changed (version {VERSION}): rebuilding {samples} "
+              f"and {shards}", flush=True)
+        shutil.rmtree(samples, ignore_errors=True)
+        shutil.rmtree(shards, ignore_errors=True)
     if not (samples / "davis").is_dir():
         print(f"building the sample dataset in {samples} ...", flush=True)
         if prep(["samples", "--out", str(samples)]) != 0:
