@@ -26,12 +26,17 @@ postgres:
 test: $(STAMP) postgres
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
-	# Three processes. test_engine.py (OpenVINO) runs alone: in a process that had run the
-	# tests before it, the next session-fixture teardown (or, in one long process, a test
-	# in test_faults.py) ended in a segfault, exit 139, after every engine test had passed;
-	# alone, and after the other tests in their own process, everything exits cleanly.
-	$(PY) -m pytest -q --durations=8 $(filter-out tests/test_engine.py,$(wildcard tests/test_[a-e]*.py))
-	$(PY) -m pytest -q tests/test_engine.py
+	# Three processes. test_engine.py (OpenVINO) runs in a process of its own: in a process
+	# that had run the tests before it, the next session-fixture teardown (or, in one long
+	# process, a test in test_faults.py) ended in a segfault, exit 139, after every engine
+	# test had passed; alone, and after the other tests in their own process, everything
+	# exits cleanly. It runs beside the first process (its output printed after), which
+	# waits on services much of the time.
+	@log=$$(mktemp); $(PY) -m pytest -q -p no:cacheprovider tests/test_engine.py >$$log 2>&1 & \
+	  engine=$$!; $(PY) -m pytest -q --durations=8 \
+	  $(filter-out tests/test_engine.py,$(wildcard tests/test_[a-e]*.py)); first=$$?; \
+	  wait $$engine; second=$$?; echo "== tests/test_engine.py"; cat $$log; rm -f $$log; \
+	  test $$first = 0 -a $$second = 0
 	$(PY) -m pytest -q --durations=12 $(wildcard tests/test_[f-z]*.py)
 
 bench: $(STAMP)

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import current_rss_mib, describe, peak_rss_mib  # noqa: E402
+from machine import current_rss_mib, describe, load_note, peak_rss_mib  # noqa: E402
 
 from iicnet.model import IICNet  # noqa: E402
 from iicnet.model.config import Config  # noqa: E402
@@ -295,8 +295,9 @@ def big_main(args: argparse.Namespace) -> int:
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=gen) * 0.02)
-        conv = Converter(model.eval(), cfg, ModelSource("k5", "k5"), engine="torch")
+        conv = Converter(model.eval(), cfg, ModelSource("k5", "k5"), engine=args.engine)
         stack = _clip_stack(cfg.model.num_images, 1080, 1920)
+        _round_trip(conv, stack[:, :, :64, :64].contiguous(), 0, 0)  # engine set up, untimed
         base = current_rss_mib()
         timing, e, r = _round_trip(conv, stack, tile, halo)
         timing["peak_memory_mib"] = peak_rss_mib() - base
@@ -309,20 +310,21 @@ def big_main(args: argparse.Namespace) -> int:
         for name, tile, halo in (("tiled", DEFAULT_TILE, DEFAULT_HALO), ("untiled", 0, 0)):
             out = Path(tmp) / f"{name}.pt"
             cmd = [sys.executable, __file__, "--big", "--one", f"{tile},{halo}", "--out",
-                   str(out)]
+                   str(out), "--engine", args.engine]
             text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             runs[name] = {"tile": tile, "halo": halo,
                           **json.loads(text.strip().splitlines()[-1])}
             runs[name]["outputs"] = torch.load(out, weights_only=True)
             print(name, {k: v for k, v in runs[name].items() if k != "outputs"}, flush=True)
         tiled, whole = runs["tiled"].pop("outputs"), runs["untiled"].pop("outputs")
+    load_after = os.getloadavg()
     report = {
         "benchmark": "halo-1080p",
         "setup": {"config": "video-k5 (published design, random weights + 0.02 noise)",
                   "clip": "5 frames of 1920x1080 panning across skimage's astronaut photo",
-                  "device": "cpu", "engine": "torch"},
+                  "device": "cpu", "engine": args.engine},
         "machine": {**describe(), "load_average_before": load_before,
-                    "load_average_after": os.getloadavg()},
+                    "load_average_after": load_after, "note": load_note(load_before, load_after)},
         "runs": runs,
         "embedding": _differences(tiled["e"], whole["e"]),
         "restored": _differences(tiled["r"], whole["r"]),
@@ -376,6 +378,7 @@ def engines_main(args: argparse.Namespace, device: str) -> int:
                     "embedding_fraction_differing": float((a != b).mean()),
                     "restored_max": int(r.max()), "restored_fraction_differing":
                     float((r > 0).mean())}
+    load_after = os.getloadavg()
     report = {
         "benchmark": "inference-engines",
         "setup": {"config": "video-k5 (published, random weights)", "k": 5, "device": device,
@@ -383,9 +386,8 @@ def engines_main(args: argparse.Namespace, device: str) -> int:
                   "commands": "iicnet embed FRAMES -o emb.png --engine E; iicnet restore "
                               "emb.png -o DIR --engine E (each its own process)"},
         "machine": {**describe(), "load_average_before": load_before,
-                    "load_average_after": os.getloadavg(),
-                    "note": "a shared 2-core machine, loaded by other developers' jobs while "
-                            "this ran: compare engines within this file only"},
+                    "load_average_after": load_after,
+                    "note": load_note(load_before, load_after)},
         "results": per_engine,
         "outputs": comparison,
     }
@@ -415,6 +417,8 @@ def main() -> int:
     p.add_argument("--halo", action="store_true", help="the halo / difference / time curve")
     p.add_argument("--halos", type=int, nargs="+", default=[0, 8, 16, 24, 32, 48])
     p.add_argument("--big", action="store_true", help="1920x1080 K=5 tiled vs untiled")
+    p.add_argument("--engine", default="torch", choices=["torch", "openvino"],
+                   help="the engine of --big (halo effects do not depend on it)")
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.halo:

@@ -29,6 +29,16 @@ def describe() -> dict:
     return info
 
 
+def load_note(before: tuple, after: tuple) -> str:
+    """How far the machine's load lets a reader trust absolute times (cores = full load)."""
+    busiest = max(*before, *after)
+    cores = os.cpu_count() or 1
+    if busiest <= cores + 0.5:
+        return f"quiet: load average at most {busiest:.1f} on {cores} cores (the benchmark itself)"
+    return (f"loaded: load average up to {busiest:.1f} on {cores} cores from other jobs; "
+            "compare the rows within this file only")
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -33,18 +33,28 @@ from machine import current_rss_mib, describe, peak_rss_mib  # noqa: E402
 from iicnet.model import IICNet  # noqa: E402
 from iicnet.model.config import Config  # noqa: E402
 from iicnet.model.losses import iicnet_loss  # noqa: E402
+from iicnet.training.trainer import build_optimizer, compiled  # noqa: E402
 
 FORMULATIONS = {
     "straightforward": {"fused": False, "memory_saving": False, "channels_last": False,
-                        "amp": False},
-    "fast": {"fused": True, "memory_saving": False, "channels_last": False, "amp": True},
+                        "amp": False, "compile": "off"},
+    "fast": {"fused": True, "memory_saving": False, "channels_last": False, "amp": True,
+             "compile": "off"},
     "fast+memory_saving": {"fused": True, "memory_saving": True, "channels_last": False,
-                           "amp": True},
+                           "amp": True, "compile": "off"},
+    "fast+channels_last": {"fused": True, "memory_saving": False, "channels_last": True,
+                           "amp": True, "compile": "off"},
+}
+"""``amp`` (bf16 autocast) applies on a GPU only. ``--compile`` adds ``fast+compile``
+(``torch.compile``, Inductor) and, on a GPU, ``fast+cuda-graphs``."""
+COMPILED = {
+    "fast+compile": {**FORMULATIONS["fast"], "compile": "default"},
+    "fast+cuda-graphs": {**FORMULATIONS["fast"], "compile": "cuda-graphs"},
 }
 
 
 def build(name: str, device: str, crop: int, batch: int, k: int):
-    f = FORMULATIONS[name]
+    f = {**FORMULATIONS, **COMPILED}[name]
     cfg = Config().override([f"model.num_images={k}", f"model.fused={f['fused']}",
                              f"model.memory_saving={f['memory_saving']}"])
     torch.manual_seed(0)
@@ -57,15 +67,20 @@ def build(name: str, device: str, crop: int, batch: int, k: int):
 
 
 def make_step(name: str, device: str, crop: int, batch: int, k: int):
-    """One training step of a formulation as a closure (model, optimiser and batch bound)."""
+    """One training step of a formulation as a closure (model, optimiser and batch bound):
+    the trainer's own optimiser (fused Adam on a GPU) and compile setting."""
     cfg, model, images = build(name, device, crop, batch, k)
-    amp = FORMULATIONS[name]["amp"] and device == "cuda"
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1e-5)
+    f = {**FORMULATIONS, **COMPILED}[name]
+    amp = f["amp"] and device == "cuda"
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    opt = build_optimizer(model.parameters(), cfg.optim, torch.device(device))
+    net = compiled(model, f["compile"], torch.device(device))
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
-            out = model(images)
+            out = net(images)
             loss = iicnet_loss(out, images, images[:, 0], cfg.loss).total
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -74,6 +89,7 @@ def make_step(name: str, device: str, crop: int, batch: int, k: int):
             torch.cuda.synchronize()
         return float(loss.detach())
 
+    step.model = model
     return step
 
 
@@ -90,10 +106,12 @@ def peak_memory(name: str, device: str, crop: int, batch: int, k: int) -> float:
     return peak_rss_mib() - base
 
 
-def interleaved_times(device: str, steps: int, crop: int, batch: int, k: int) -> dict:
-    """Seconds per step of each formulation, their steps interleaved; first step is warm-up."""
-    closures = {name: make_step(name, device, crop, batch, k) for name in FORMULATIONS}
-    times: dict[str, list[float]] = {name: [] for name in FORMULATIONS}
+def interleaved_times(names: list[str], device: str, steps: int, crop: int, batch: int,
+                      k: int) -> dict:
+    """Seconds per step of each formulation, their steps interleaved; the first step is
+    warm-up (and, compiled, compilation)."""
+    closures = {name: make_step(name, device, crop, batch, k) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
     for i in range(steps + 1):
         for name, step in closures.items():
             t0 = time.perf_counter()
@@ -113,6 +131,62 @@ def max_difference(device: str, crop: int, batch: int, k: int) -> float:
             out = model(images, generator=torch.Generator(device).manual_seed(2))
         outs.append(torch.cat([out.embedding.flatten(), out.restored.flatten()]).float().cpu())
     return max(float((o - outs[0]).abs().max()) for o in outs[1:])
+
+
+def profile(device: str, crop: int, batch: int, k: int) -> dict:
+    """Where one fast step's time goes: by operator (forward and backward together, as
+    torch's profiler counts self time) and by module (the forward pass of each part of the
+    network, from hooks; a module's backward runs as the operators above)."""
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
+
+    step = make_step("fast", device, crop, batch, k)
+    step()
+    ranges: list = []
+
+    def enter(name):
+        def hook(module, args):
+            ranges.append(record_function(f"module::{name}"))
+            ranges[-1].__enter__()
+        return hook
+
+    def leave(module, args, output):
+        ranges.pop().__exit__(None, None, None)
+
+    handles = []
+    for name, module in step.model.named_children():
+        handles += [module.register_forward_pre_hook(enter(name)),
+                    module.register_forward_hook(leave)]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        step()
+    for h in handles:
+        h.remove()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events if not e.key.startswith("module::"))
+    groups = {"convolution forward": ("aten::mkldnn_convolution", "aten::cudnn_convolution",
+                                      "aten::_convolution", "aten::convolution"),
+              "convolution backward": ("aten::convolution_backward",),
+              "cat / split / copies": ("aten::cat", "aten::copy_", "aten::split",
+                                       "aten::slice", "aten::narrow", "aten::contiguous",
+                                       "aten::clone"),
+              "activations": ("aten::leaky_relu", "aten::leaky_relu_backward",
+                              "aten::sigmoid", "aten::sigmoid_backward", "aten::exp")}
+    by_op = {g: 0.0 for g in groups} | {"other": 0.0}
+    for e in events:
+        if e.key.startswith("module::"):
+            continue
+        group = next((g for g, keys in groups.items() if e.key in keys), "other")
+        by_op[group] += e.self_cpu_time_total
+    modules = {e.key.removeprefix("module::"): e.cpu_time_total / 1e6 for e in events
+               if e.key.startswith("module::")}
+    top = sorted(((e.key, e.self_cpu_time_total) for e in events
+                  if not e.key.startswith("module::")), key=lambda t: -t[1])[:8]
+    return {"step_s": total / 1e6,
+            "by_operator_share": {g: round(v / total, 4) for g, v in by_op.items()},
+            "top_operators_s": {key: round(v / 1e6, 3) for key, v in top},
+            "by_module_forward_s": {m: round(v, 3) for m, v in modules.items()},
+            "forward_s": round(sum(modules.values()), 3)}
 
 
 def step_flops(device: str, crop: int, batch: int, k: int) -> float:
@@ -157,6 +231,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile (and CUDA graphs on a GPU)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     device = args.device if args.device != "auto" else (
@@ -164,14 +240,17 @@ def main() -> int:
     if args.one:
         print(json.dumps(peak_memory(args.one, device, args.crop, args.batch, args.k)))
         return 0
+    names = list(FORMULATIONS)
+    if args.compile:
+        names += [n for n in COMPILED if device == "cuda" or "cuda" not in n]
     results = {}
-    for name in FORMULATIONS:
+    for name in names:
         cmd = [sys.executable, __file__, "--one", name, "--device", device,
                "--crop", str(args.crop), "--batch", str(args.batch), "--k", str(args.k)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results[name] = {"peak_memory_mib": json.loads(out.strip().splitlines()[-1])}
         print(f"{name:>20}: peak {results[name]['peak_memory_mib']:.0f} MiB", flush=True)
-    times = interleaved_times(device, args.steps, args.crop, args.batch, args.k)
+    times = interleaved_times(names, device, args.steps, args.crop, args.batch, args.k)
     for name, ts in times.items():
         sec = statistics.median(ts)
         results[name].update(seconds_per_step=sec, samples_per_s=args.batch / sec, step_times=ts)
@@ -192,14 +271,20 @@ def main() -> int:
     print(f"{flops / 1e12:.2f} TFLOP/step, straightforward {achieved:.0f} GFLOP/s, best conv "
           f"{conv['gflop_per_s']:.0f} GFLOP/s: at most "
           f"{ceiling['max_speedup_at_same_flops']:.2f}x at the same FLOPs", flush=True)
+    breakdown = profile(device, args.crop, args.batch, args.k)
+    print("where the fast step's time goes:", json.dumps(breakdown["by_operator_share"]),
+          flush=True)
     report = {
         "benchmark": "train_step",
         "setup": {"config": "video-k5 (published)", "crop": args.crop, "batch": args.batch,
                   "k": args.k, "blocks": 10, "device": device, "steps_timed": args.steps},
         "machine": describe(),
-        "formulations": FORMULATIONS,
+        "formulations": {n: {**FORMULATIONS, **COMPILED}[n] for n in names},
         "results": results,
         "speedup_fast": base["seconds_per_step"] / results["fast"]["seconds_per_step"],
+        "speedup_over_straightforward": {n: base["seconds_per_step"]
+                                         / results[n]["seconds_per_step"] for n in names},
+        "profile_fast": breakdown,
         "memory_ratio_memory_saving": (results["fast+memory_saving"]["peak_memory_mib"]
                                        / base["peak_memory_mib"]),
         "max_abs_difference": max_difference(device, args.crop, 1, args.k),

@@ -613,3 +613,78 @@ def test_a_resume_finds_a_checkpoint_ray_had_not_recorded(tmp_path: Path, caplog
     assert f"resuming from the last complete checkpoint, {runs / 'step-00000006'}" in caplog.text
     assert train.resume_from(Trainer(tiny()), None, rank=0, run=(str(tmp_path / "none"), None)
                              ) is False
+
+
+def _tar_samples(path: Path) -> list[str]:
+    """The sample keys of a shard, reading every member to its end (a cut tar raises)."""
+    import tarfile
+
+    keys = []
+    with tarfile.open(path) as tar:
+        for member in tar:
+            data = tar.extractfile(member)
+            assert data is not None and len(data.read()) == member.size, f"{path}: {member}"
+            keys.append(member.name.split(".", 1)[0])
+    return sorted(set(keys))
+
+
+def test_prep_survives_kill_9_at_random_points(samples: Path, tmp_path: Path):
+    """kill -9 of data prep at random moments, five times, then a run to the end: every
+    sample once, no partial tar under a shard's name, no manifest before the end."""
+    import random
+    import signal
+    import time
+
+    seed = int(os.environ.get("IICNET_FAULT_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    clips = tmp_path / "davis" / "JPEGImages" / "480p"
+    clips.mkdir(parents=True)
+    sources = sorted((samples / "davis").glob("*/JPEGImages/480p/*"))
+    for copy in range(6):  # 48 clips, 16 shards: long enough to be killed mid-way
+        for clip in sources:
+            (clips / f"c{copy}-{clip.name}").symlink_to(clip)
+    def prep(folder: Path) -> list[str]:
+        return [sys.executable, "-m", "data_prep", "davis", "--root", str(tmp_path / "davis"),
+                "--out", str(folder), "--shard-size", "3", "--workers", "1"]
+
+    out = tmp_path / "shards"
+    command = prep(out)
+    began = time.monotonic()
+    reference = subprocess.run(prep(tmp_path / "reference"), cwd=REPO, capture_output=True,
+                               text=True)
+    assert reference.returncode == 0, reference.stderr
+    duration = time.monotonic() - began
+    began = time.monotonic()  # a run with nothing left to write: start-up and planning
+    assert subprocess.run(prep(tmp_path / "reference"), cwd=REPO,
+                          capture_output=True).returncode == 0
+    idle = time.monotonic() - began
+    per_round = max(duration - idle, 0.5) / 5  # each killed run writes about a fifth
+    expected = {n: _tar_samples(tmp_path / "reference" / n)
+                for n in sorted(p.name for p in (tmp_path / "reference").glob("*.tar"))}
+    kills = []
+    for _ in range(5):
+        job = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        delay = idle + rng.uniform(0.1, 1.0) * per_round
+        time.sleep(delay)
+        finished = job.poll() is not None
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+        shards = sorted(out.glob("*.tar")) if out.exists() else []
+        kills.append(f"{delay:.2f} s: {len(shards)} shards{' (had finished)' if finished else ''}")
+        if not finished:
+            assert not (out / "manifest.json").exists(), f"seed {seed}: an early manifest"
+        for shard in shards:  # a visible shard is whole and is the reference's shard
+            assert _tar_samples(shard) == expected[shard.name], f"seed {seed}: {shard.name}"
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = sorted(s["name"] for split in manifest["splits"].values() for s in split["shards"])
+    assert names == sorted(expected)
+    got = [key for name in names for key in _tar_samples(out / name)]
+    want = [key for keys in expected.values() for key in keys]
+    assert sorted(got) == sorted(want) and len(set(got)) == len(got) == 48, f"seed {seed}"
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")], "temporary files left"
+    print(f"\nprep kill -9 loop (seed {seed}, a full run {duration:.1f} s, {idle:.1f} s of "
+          "it start-up): " + "; ".join(kills)
+          + f"; then {(done.stdout + done.stderr).strip().splitlines()[-1]}")

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import random
 import subprocess
 import sys
 import threading
@@ -45,6 +47,38 @@ STEPS = 48
 EVERY = 8
 """Checkpoint interval: the most a run may lose to a node lost without notice."""
 DEADLINE_S = 20
+STEP_S = 1.0
+"""About one step of the tiny model here: the no-notice kill lands at a random moment of the
+two steps that follow the run's progress check (IICNET_FAULT_SEED repeats a draw)."""
+
+
+def _check_checkpoints(s3: S3Server, bucket: str, where: Path) -> tuple[list[str], list[str]]:
+    """Every checkpoint folder in storage, downloaded and loaded: complete, or refused as
+    incomplete (never loaded half-written)."""
+    from iicnet.formats import checkpoint
+    from iicnet.training import read_state
+
+    client = s3.client()
+    folders: dict[str, list[str]] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                 Prefix="results/nodes/"):
+        for obj in page.get("Contents", []):
+            parts = obj["Key"].split("/")
+            if len(parts) == 4 and parts[2].startswith("step-"):
+                folders.setdefault(parts[2], []).append(obj["Key"])
+    complete, incomplete = [], []
+    for folder, keys in sorted(folders.items()):
+        local = where / folder
+        local.mkdir(parents=True)
+        for key in keys:
+            client.download_file(bucket, key, str(local / key.rsplit("/", 1)[1]))
+        try:
+            read_state(local)
+            complete.append(folder)
+        except checkpoint.CheckpointError as exc:
+            assert "incomplete or damaged checkpoint" in str(exc), exc
+            incomplete.append(folder)
+    return complete, incomplete
 
 
 def _wait_for(predicate, timeout: float, what: str, job: subprocess.Popen) -> None:
@@ -129,6 +163,8 @@ def test_training_survives_a_drained_node_and_a_lost_one(
                                   "tags.`iicnet.run_name` = 'nodes'")
         return client.get_metric_history(runs[0].info.run_id, key) if runs else []
 
+    seed = int(os.environ.get("IICNET_FAULT_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
     head, starter = start_head(num_cpus=0)
     nodes: list[Node] = []
     events = []
@@ -172,6 +208,7 @@ def test_training_survives_a_drained_node_and_a_lost_one(
             ranks_now = [node for node in nodes if node is not busy[0]
                          and node.runs(b"RayTrainWorker")]
             assert ranks_now, "the restarted ranks run somewhere"
+            time.sleep(rng.uniform(0, 2 * STEP_S))  # anywhere in a step, a checkpoint's too
             events.append(("loss", time.time(), None))
             ranks_now[0].kill()
             output, _ = job.communicate(timeout=900)
@@ -204,6 +241,10 @@ def test_training_survives_a_drained_node_and_a_lost_one(
                       f"first new step {first - killed_at:.1f} s after the kill")
     assert sorted(m.step for m in losses) == list(range(1, STEPS + 1)), \
         "each step logged once across both restarts"
+    complete, incomplete = _check_checkpoints(s3, name, tmp_path / "downloaded")
+    assert complete, "no complete checkpoint in storage"
+    report.append(f"checkpoints in storage: {len(complete)} complete, {len(incomplete)} "
+                  f"incomplete and refused as such {incomplete}; random seed {seed}")
     logged = json.dumps({**run.data.params, **run.data.tags})
     assert s3.secret_key not in logged and s3.access_key not in logged
     assert client.search_model_versions(f"run_id = '{run.info.run_id}'"), "registered"

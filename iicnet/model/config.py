@@ -112,7 +112,14 @@ class TrainConfig:
     log_every: int = 100
     seed: int = 0
     amp: bool = True
-    """bf16 autocast when a GPU is used (ignored on CPU)."""
+    """bf16 autocast when a GPU is used (ignored on CPU). The couplings' scales and affine
+    updates stay in float32 (a flow's reverse pass overflows in reduced precision)."""
+    compile: Literal["off", "default", "cuda-graphs"] = "off"
+    """``torch.compile`` the training forward: ``default`` (Inductor), ``cuda-graphs``
+    (Inductor with CUDA graphs, ``mode="reduce-overhead"``; GPU only). Same math."""
+    channels_last: bool = False
+    """Keep the weights, and so every convolution's output, in the channels-last memory
+    layout (a GPU's tensor cores prefer it)."""
 
 
 @dataclass

@@ -27,19 +27,28 @@ class CouplingBlock(nn.Module):
         self.H = DenseBlock(split, rest, growth)
 
     def _log_scale(self, top: torch.Tensor) -> torch.Tensor:
-        return self.clamp * (torch.sigmoid(self.H(top)) * 2 - 1)
+        return self.clamp * (torch.sigmoid(_wide(self.H(top))) * 2 - 1)
 
+    # Under bf16 autocast the dense blocks' convolutions run in bf16, but the stream between
+    # blocks, the scale and the affine update stay float32 (:func:`_wide`; a no-op without
+    # autocast): exp of a bf16 scale, multiplied through ten blocks and divided back out in
+    # the reverse pass, would cost the flow its invertibility.
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = x.split((self.split, self.channels - self.split), dim=1)
-        top = top + self.F(bottom)
-        bottom = bottom * torch.exp(self._log_scale(top)) + self.G(top)
+        top, bottom = _wide(x).split((self.split, self.channels - self.split), dim=1)
+        top = top + _wide(self.F(bottom))
+        bottom = bottom * torch.exp(self._log_scale(top)) + _wide(self.G(top))
         return torch.cat((top, bottom), 1)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        top, bottom = y.split((self.split, self.channels - self.split), dim=1)
-        bottom = (bottom - self.G(top)) * torch.exp(-self._log_scale(top))
-        top = top - self.F(bottom)
+        top, bottom = _wide(y).split((self.split, self.channels - self.split), dim=1)
+        bottom = (bottom - _wide(self.G(top))) * torch.exp(-self._log_scale(top))
+        top = top - _wide(self.F(bottom))
         return torch.cat((top, bottom), 1)
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """float32 for a reduced-precision tensor; any other tensor as it is."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 class CouplingStack(nn.Module):
