@@ -229,3 +229,55 @@ def test_the_edit_helper_keeps_a_valid_file_valid(capsys, ckpt: Path, embedding:
     code, _, _ = restore(capsys, ckpt, same, "-o", tmp_path / "back")
     assert code == 0 and len(list((tmp_path / "back").iterdir())) == 3
     assert np.array_equal(np.asarray(Image.open(same)), np.asarray(Image.open(embedding)))
+
+
+# -- a damaged model folder, through the command ---------------------------------------------
+
+def _truncate(folder: Path) -> None:
+    weights = folder / checkpoint.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+
+
+def _wrong_shape(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / checkpoint.WEIGHTS)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].flatten()[:3].clone()
+    save_file(tensors, folder / checkpoint.WEIGHTS)
+    (folder / checkpoint.MARKER).unlink()  # as an unsealed (older) checkpoint would be
+
+
+def _nan_weights(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / checkpoint.WEIGHTS)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone().fill_(float("nan"))
+    save_file(tensors, folder / checkpoint.WEIGHTS)
+    (folder / checkpoint.MARKER).unlink()
+
+
+def _binary_config(folder: Path) -> None:
+    (folder / checkpoint.CONFIG).write_bytes(bytes(range(256)) * 4)
+    (folder / checkpoint.MARKER).unlink()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_truncate, "incomplete or damaged checkpoint"),
+    (_wrong_shape, "wrong shape"),
+    (_nan_weights, "NaN"),
+    (_binary_config, "config.json"),
+])
+def test_a_damaged_model_folder_is_a_message_with_exit_2(capsys, ckpt: Path, frames: list[Path],
+                                                         tmp_path: Path, damage, message):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(ckpt, model)
+    damage(model)
+    out = tmp_path / "emb.png"
+    code, _, err = embed(capsys, model, out, *frames)
+    assert code == 2, err
+    assert err.startswith("iicnet: error:") and message in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".*emb*"))
