@@ -281,3 +281,28 @@ def test_a_damaged_model_folder_is_a_message_with_exit_2(capsys, ckpt: Path, fra
     assert code == 2, err
     assert err.startswith("iicnet: error:") and message in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".*emb*"))
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path):
+    """A read-only filesystem (a tmpfs mounted ro; needs root, skipped elsewhere)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only filesystem here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_filesystem_is_a_message(capsys, ckpt: Path, frames: list[Path],
+                                             embedding: Path, read_only_folder: Path):
+    code, _, err = embed(capsys, ckpt, read_only_folder / "emb.png", *frames)
+    assert code == 2 and err.startswith("iicnet: error:") and "Traceback" not in err
+    assert "Read-only file system" in err and str(read_only_folder) in err
+    code, _, err = restore(capsys, ckpt, embedding, "-o", read_only_folder / "back")
+    assert code == 2 and "Read-only file system" in err and "Traceback" not in err
+    assert list(read_only_folder.iterdir()) == []
