@@ -51,10 +51,11 @@ COMPILED = {
     "fast+compile": {**FORMULATIONS["fast"], "compile": "default"},
     "fast+cuda-graphs": {**FORMULATIONS["fast"], "compile": "cuda-graphs"},
 }
+EVERY_FORMULATION = {**FORMULATIONS, **COMPILED}
 
 
 def build(name: str, device: str, crop: int, batch: int, k: int):
-    f = {**FORMULATIONS, **COMPILED}[name]
+    f = EVERY_FORMULATION[name]
     cfg = Config().override([f"model.num_images={k}", f"model.fused={f['fused']}",
                              f"model.memory_saving={f['memory_saving']}"])
     torch.manual_seed(0)
@@ -70,7 +71,7 @@ def make_step(name: str, device: str, crop: int, batch: int, k: int):
     """One training step of a formulation as a closure (model, optimiser and batch bound):
     the trainer's own optimiser (fused Adam on a GPU) and compile setting."""
     cfg, model, images = build(name, device, crop, batch, k)
-    f = {**FORMULATIONS, **COMPILED}[name]
+    f = EVERY_FORMULATION[name]
     amp = f["amp"] and device == "cuda"
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -279,7 +280,7 @@ def main() -> int:
         "setup": {"config": "video-k5 (published)", "crop": args.crop, "batch": args.batch,
                   "k": args.k, "blocks": 10, "device": device, "steps_timed": args.steps},
         "machine": describe(),
-        "formulations": {n: {**FORMULATIONS, **COMPILED}[n] for n in names},
+        "formulations": {n: EVERY_FORMULATION[n] for n in names},
         "results": results,
         "speedup_fast": base["seconds_per_step"] / results["fast"]["seconds_per_step"],
         "speedup_over_straightforward": {n: base["seconds_per_step"]
