@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench venv constraints postgres
+.PHONY: run test lint bench venv constraints postgres photos
 
 $(STAMP): pyproject.toml constraints.txt
 	python3.11 -m venv $(VENV)
@@ -22,6 +22,15 @@ postgres:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { echo "installing PostgreSQL's server programs (apt-get install postgresql)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+# The real photographs the zoo models train on (data_prep/photos.py names them and their
+# Debian packages, about 190 MB); then DAVIS-like clips of them and their shards, data/photos.
+photos: $(STAMP)
+	@pkgs=$$($(PY) -c 'from data_prep.photos import PACKAGES; print(*PACKAGES)'); \
+	  dpkg -s $$pkgs >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs; }
+	$(PY) -m data_prep photos --out data/photos
+	$(PY) -m data_prep davis --root data/photos/davis --out data/photos/shards --shard-size 8
 
 test: $(STAMP) postgres
 	$(PY) -m ruff check .

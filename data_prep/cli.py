@@ -1,4 +1,5 @@
-"""Command line: ``python -m data_prep davis|flickr1024|div2k|matting|folder|samples ...``."""
+"""Command line: ``python -m data_prep LAYOUT|samples|photos ...`` (layouts: davis, flickr1024,
+div2k, matting, folder)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 
-from data_prep import davis, div2k, flickr1024, folder, matting, samples
+from data_prep import davis, div2k, flickr1024, folder, matting, photos, samples
 from data_prep.shards import PrepError, write_dataset
 from iicnet.storage import StorageError
 
@@ -53,6 +54,12 @@ def build_parser(
                               description=samples.__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub.add_argument("--out", type=Path, required=True, help="folder to create them in")
+    sub = commands.add_parser("photos", help=photos.__doc__.splitlines()[0],
+                              description=photos.__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("--out", type=Path, required=True, help="folder to create DAVIS clips in")
+    sub.add_argument("--photos", type=Path, default=photos.ROOT,
+                     help=f"where the packages installed the photographs (default {photos.ROOT})")
     return parser
 
 
@@ -69,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             built = samples.build(args.out)
             for name, path in built.items():
                 print(f"{name}: {path}")
+            return 0
+        if args.command == "photos":
+            built = photos.build(args.out, args.photos)
+            print(f"davis: {built}")
             return 0
         module = LAYOUTS[args.command]
         if not args.root.is_dir():

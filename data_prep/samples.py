@@ -69,7 +69,7 @@ def photos() -> dict[str, Image.Image]:
     return {name: Image.fromarray(np.ascontiguousarray(a)) for name, a in arrays.items()}
 
 
-def _save(image: Image.Image, path: Path, **options) -> None:
+def save(image: Image.Image, path: Path, **options) -> None:
     with replacing(path) as tmp:
         image.save(tmp, format="JPEG" if path.suffix == ".jpg" else "PNG", **options)
 
@@ -124,8 +124,9 @@ about 20-30 pixels and the camera up to about 15, the order of real DAVIS 480p c
 longest clip (45 frames) covers the first 36% of the path."""
 
 
-def _clip_frames(bg: Image.Image, fg: Image.Image, frames: int, seed: int):
-    """Frames of a clip: the camera pans and zooms over ``bg``; ``fg`` moves on its own."""
+def clip_frames(bg: Image.Image, fg: Image.Image, frames: int, seed: int, zoom: float = 1.0):
+    """Frames of a clip: the camera pans and zooms over ``bg`` (``zoom``: how close, see
+    :func:`_view`); ``fg`` moves on its own."""
     w, h = DAVIS_SIZE
     phase = seed * 0.9
     sprite = _cutout(fg, 220)
@@ -133,7 +134,7 @@ def _clip_frames(bg: Image.Image, fg: Image.Image, frames: int, seed: int):
     for f in range(frames):
         t = f / PATH_FRAMES
         centre = (0.5 + 0.12 * math.cos(phase + 2.2 * t), 0.5 + 0.1 * math.sin(phase + 1.7 * t))
-        frame = _view(bg, DAVIS_SIZE, centre, 1.0 + 0.15 * t)
+        frame = _view(bg, DAVIS_SIZE, centre, zoom * (1.0 + 0.15 * t))
         side = int(180 + 50 * t)
         x = int(w * (0.15 + 0.55 * t) + 40 * math.sin(phase + 4 * t))
         y = int(h * 0.25 + 60 * math.cos(phase + 3 * t))
@@ -147,8 +148,8 @@ def build_davis(out: Path, images: dict[str, Image.Image]) -> Path:
             bg = images[video.split("-")[0]]
             fg = images[_ORDER[(_ORDER.index(video.split("-")[0]) + 3) % len(_ORDER)]]
             folder = out / subset / "JPEGImages" / "480p" / video
-            for f, frame in enumerate(_clip_frames(bg, fg, frames, seed=n + len(subset))):
-                _save(frame, folder / f"{f:05d}.jpg", quality=80)
+            for f, frame in enumerate(clip_frames(bg, fg, frames, seed=n + len(subset))):
+                save(frame, folder / f"{f:05d}.jpg", quality=80)
     return out
 
 
@@ -184,7 +185,7 @@ def build_flickr1024(out: Path, images: dict[str, Image.Image]) -> Path:
                 pair = _stereo_pair(images, index)
                 index += 1
             for view, image in zip("LR", pair, strict=True):
-                _save(image, out / folder / f"{n:04d}_{view}.png")
+                save(image, out / folder / f"{n:04d}_{view}.png")
     return out
 
 
@@ -196,10 +197,10 @@ def build_div2k(out: Path, images: dict[str, Image.Image]) -> Path:
             name = f"{number[part] + n:04d}"
             hr = _view(images[_ORDER[k % len(_ORDER)]], DIV2K_SIZE, (0.5, 0.45), 1.0)
             k += 1
-            _save(hr, out / f"DIV2K_{part}_HR" / f"{name}.png")
+            save(hr, out / f"DIV2K_{part}_HR" / f"{name}.png")
             for s in DIV2K_LR_SCALES:
                 lr = hr.resize((hr.width // s, hr.height // s), Image.Resampling.BICUBIC)
-                _save(lr, out / f"DIV2K_{part}_LR_bicubic" / f"X{s}" / f"{name}x{s}.png")
+                save(lr, out / f"DIV2K_{part}_LR_bicubic" / f"X{s}" / f"{name}x{s}.png")
     return out
 
 
@@ -210,10 +211,10 @@ def build_matting(out: Path, images: dict[str, Image.Image]) -> Path:
             fg_name = _ORDER[(k + 6) % len(_ORDER)]
             bg_name = _ORDER[(k + 1) % len(_ORDER)]
             fg = _cutout(images[fg_name], 256)
-            _save(fg, out / split / "fg" / f"{fg_name}.png")
-            _save(_soft_mask(fg.size, k), out / split / "alpha" / f"{fg_name}.png")
+            save(fg, out / split / "fg" / f"{fg_name}.png")
+            save(_soft_mask(fg.size, k), out / split / "alpha" / f"{fg_name}.png")
             bg = _view(images[bg_name], (320, 320), (0.5, 0.5), 1.0)
-            _save(bg, out / split / "bg" / f"{n:03d}_{bg_name}.jpg", quality=90)
+            save(bg, out / split / "bg" / f"{n:03d}_{bg_name}.jpg", quality=90)
             k += 1
     return out
 
@@ -229,7 +230,7 @@ def build_folder(out: Path, images: dict[str, Image.Image]) -> Path:
                 image.thumbnail((384, 384), Image.Resampling.LANCZOS)
             else:
                 image = _view(photo, (288, 224), (0.3 + 0.4 * n, 0.4), 1.3)
-            _save(image, out / split / f"{n:02d}_{name}.jpg", quality=90)
+            save(image, out / split / f"{n:02d}_{name}.jpg", quality=90)
             k += 1
     return out
 

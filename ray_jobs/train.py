@@ -510,6 +510,8 @@ def train_steps(job: dict[str, Any]) -> None:
     tracker = registry.Tracker(job["tracking_uri"], job["run_id"]) if rank == 0 else None
     if tracker:
         console_log()
+        log.info("precision: %s on %s", trainer.precision, trainer.device)
+        tracker.tags({"precision": trainer.precision})
     if driver_gone(job, tracker):
         return
     resume_from(trainer, ray.train.get_checkpoint(), rank, job.get("run"))

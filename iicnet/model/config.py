@@ -111,9 +111,13 @@ class TrainConfig:
     checkpoint_every: int = 5000
     log_every: int = 100
     seed: int = 0
-    amp: bool = True
-    """bf16 autocast when a GPU is used (ignored on CPU). The couplings' scales and affine
-    updates stay in float32 (a flow's reverse pass overflows in reduced precision)."""
+    amp: Literal["auto", "gpu", "bf16", "off"] = "gpu"
+    """bf16 autocast of the training forward: ``auto`` on a GPU and on a CPU with native bf16
+    (AVX512-BF16 or AMX, as torch reports it), ``gpu`` on a GPU only (float32 on any CPU),
+    ``bf16`` always, ``off`` never (float32). The couplings' stream, scales and affine updates
+    and the loss stay in float32 (a flow's reverse pass overflows in reduced precision); the
+    weights and Adam's state are float32 throughout. ``true``/``false`` (older configs) read
+    as ``gpu``/``off``."""
     compile: Literal["off", "default", "cuda-graphs"] = "off"
     """``torch.compile`` the training forward: ``default`` (Inductor), ``cuda-graphs``
     (Inductor with CUDA graphs, ``mode="reduce-overhead"``; GPU only). Same math."""
@@ -196,10 +200,16 @@ def parse_value(raw: str) -> Any:
     return _WORDS.get(text.lower(), text)
 
 
+_LEGACY_BOOLS = {"train.amp": {True: "gpu", False: "off"}}
+"""Fields that were booleans once: what their old values mean now."""
+
+
 def _check_value(path: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         allowed = typing.get_args(hint)
+        if isinstance(value, bool) and path in _LEGACY_BOOLS:
+            value = _LEGACY_BOOLS[path][value]
         if isinstance(value, bool) and ("on" if value else "off") in allowed:
             value = "on" if value else "off"  # YAML 1.1 and parse_value read off/on as booleans
         if value not in allowed:

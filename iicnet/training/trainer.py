@@ -78,6 +78,24 @@ def compiled(module: nn.Module, mode: str, device: torch.device) -> nn.Module:
     return torch.compile(module, mode="reduce-overhead" if mode == "cuda-graphs" else None)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware: any CUDA GPU torch supports bf16 on, or
+    a CPU with AVX512-BF16 or AMX (what oneDNN reports)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def uses_bf16(mode: str, device: torch.device) -> bool:
+    """``train.amp`` resolved on ``device``: ``auto`` where the hardware has bf16, ``gpu`` on
+    CUDA only, ``bf16`` always, ``off`` never."""
+    if mode == "auto":
+        return native_bf16(device)
+    if mode == "gpu":
+        return device.type == "cuda"
+    return mode == "bf16"
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig
                     ) -> torch.optim.lr_scheduler.MultiStepLR:
     """Multiply the learning rate by ``gamma`` at each milestone (counted in steps)."""
@@ -201,8 +219,14 @@ class Trainer:
 
     @property
     def amp(self) -> bool:
-        """bf16 autocast: on GPU only, when ``train.amp`` is set."""
-        return self.cfg.train.amp and self.device.type == "cuda"
+        """Whether the training forward runs under bf16 autocast (see ``train.amp``)."""
+        return uses_bf16(self.cfg.train.amp, self.device)
+
+    @property
+    def precision(self) -> str:
+        """What the run computes in: ``bf16 autocast`` or ``float32``, for the console and
+        the run's tags."""
+        return "bf16 autocast" if self.amp else "float32"
 
     @property
     def lr(self) -> float:
