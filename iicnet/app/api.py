@@ -1,9 +1,9 @@
 """The Python API: ``iicnet.load(MODEL)`` -> :class:`~iicnet.convert.Converter`.
 
 This is where a model name becomes a model: a checkpoint directory is read with
-:mod:`iicnet.formats.checkpoint`, a ``models:/`` or ``runs:/`` URI through
-:mod:`iicnet.registry`. What the converter then does is documented in
-:mod:`iicnet.convert.converter`.
+:mod:`iicnet.formats.checkpoint`, ``zoo:NAME`` from the models shipped in the package
+(:mod:`iicnet.zoo`), a ``models:/`` or ``runs:/`` URI through :mod:`iicnet.registry`. What
+the converter then does is documented in :mod:`iicnet.convert.converter`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from iicnet import zoo
 from iicnet.convert import DEFAULT_HALO, DEFAULT_TILE, Converter, ModelSource
 from iicnet.formats.imagefiles import InputError
 from iicnet.model import IICNet
@@ -46,12 +47,18 @@ def load_model(uri: str, device: torch.device | str = "cpu"
     from iicnet.formats.checkpoint import CheckpointError
 
     uri = str(uri)
+    if uri.startswith(zoo.SCHEME):
+        try:
+            model, config = checkpoint.load(zoo.folder(uri))
+        except (zoo.ZooError, CheckpointError) as exc:
+            raise ModelError(str(exc)) from exc
+        return model.to(device).eval(), config, ModelSource(uri, uri)
     if not uri.startswith(MODEL_SCHEMES):
         path = Path(uri)
         if "://" in uri or (":/" in uri and not path.exists()):
-            raise ModelError(f"{uri}: unknown model URI; expected models:/<name>@<alias>, "
-                             "models:/<name>/<version>, runs:/<run_id>/<path> or a checkpoint "
-                             "directory")
+            raise ModelError(f"{uri}: unknown model URI; expected zoo:<name>, "
+                             "models:/<name>@<alias>, models:/<name>/<version>, "
+                             "runs:/<run_id>/<path> or a checkpoint directory")
         if not path.exists():
             raise ModelError(f"{uri}: no such checkpoint directory (or give a model URI: "
                              "models:/<name>@<alias>, models:/<name>/<version>, runs:/...)")
@@ -81,7 +88,8 @@ def load_model(uri: str, device: torch.device | str = "cpu"
 
 def load(model: str | Path, *, device: str = "auto", tile: int = DEFAULT_TILE,
          progress: bool = False, engine: str = "auto", halo: int = DEFAULT_HALO) -> Converter:
-    """A :class:`Converter` for a registered model (``models:/iicnet-video@champion``,
+    """A :class:`Converter` for a shipped model (``zoo:video-k3-m``), a registered one
+    (``models:/iicnet-video@champion``,
     ``models:/iicnet-video/3``, ``runs:/<run_id>/model``; tracking server from
     ``MLFLOW_TRACKING_URI``) or a local checkpoint directory.
 

@@ -3,14 +3,15 @@
   iicnet embed   --model MODEL INPUTS... -o out.png
   iicnet restore --model MODEL emb.png -o DIR [--video out.mp4]
   iicnet eval    --model MODEL --data SHARDS [--jpeg Q ...] [--json]
-  iicnet info    MODEL
+  iicnet info    MODEL | zoo:
   iicnet promote models:/NAME@candidate --to champion [--force]
   iicnet import-official CHECKPOINT.pth [--config C.yaml] [--set K=V ...] -o DIR
                  [--register NAME [--alias ALIAS]]
 
-MODEL is models:/<name>@<alias>, models:/<name>/<version> or a logged model models:/m-<id>
-(the MLflow registry at MLFLOW_TRACKING_URI, else the .iicnet/mlflow.db that make run wrote),
-or a local checkpoint directory (info also takes a config YAML). Exit codes: 0 success, 2 bad
+MODEL is zoo:<name> (a model shipped with iicnet; `iicnet info zoo:` lists them),
+models:/<name>@<alias>, models:/<name>/<version> or a logged model models:/m-<id> (the MLflow
+registry at MLFLOW_TRACKING_URI, else the .iicnet/mlflow.db that make run wrote), or a local
+checkpoint directory (info also takes a config YAML). Exit codes: 0 success, 2 bad
 input (the message says which file and why; nothing is written), 3 promote left the alias
 where it was, 1 anything else.
 """
@@ -25,12 +26,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from iicnet import zoo
 from iicnet.formats import config_file
 from iicnet.formats.checkpoint import CheckpointError
 from iicnet.formats.embedding_png import EmbeddingFileError
 from iicnet.formats.imagefiles import InputError
 from iicnet.model import IICNet
-from iicnet.model.config import ConfigError
+from iicnet.model.config import MAX_CROP, ConfigError
 from iicnet.storage import StorageError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -308,7 +310,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     split = args.split or next((s for s in ("test", "val", "valid") if s in splits),
                                next(iter(splits)))
-    overrides = [f"data.crop={args.crop or 1 << 30}"]
+    overrides = [f"data.crop={args.crop or MAX_CROP}"]
     if args.step:
         overrides.append(f"data.step={args.step}")
     cfg = conv.config.override(overrides)
@@ -336,6 +338,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- info ------------------------------------------------------------------------------
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.model.strip() == zoo.SCHEME:
+        return zoo_listing(args.json)
     path = Path(args.model)
     info: dict = {"source": args.model}
     if path.is_file():
@@ -378,6 +382,42 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  from {info['model_name']}{version}, weights {info['weights']}")
     for name, count in info["parameters"].items():
         print(f"  {name:<18} {count:>12,}")
+    if args.model.startswith(zoo.SCHEME):
+        print(zoo_summary(zoo.card(args.model)))
+    return 0
+
+
+def zoo_summary(card: dict) -> str:
+    """A zoo model card in a few lines: held-out scores, speed, and what made it."""
+    s, t = card.get("scores", {}), card.get("training", {})
+    lines = [f"  {card.get('summary', '')}".rstrip()]
+    if s:
+        frames = ", ".join(f"{v:.2f}" for v in s.get("restored_psnr_per_frame", []))
+        lines.append(f"  held-out ({s.get('measured_on', '?')}): embedding "
+                     f"{s.get('embedding_psnr', float('nan')):.2f} dB, restored "
+                     f"{s.get('restored_psnr', float('nan')):.2f} dB (per frame {frames}), "
+                     f"worst margin over the copy baseline "
+                     f"{s.get('worst_margin_db', float('nan')):+.2f} dB")
+    if "cpu_s_per_megapixel" in card:
+        lines.append(f"  embed + restore on a CPU: {card['cpu_s_per_megapixel']:.2f} s per "
+                     f"megapixel ({card.get('cpu', 'this machine')})")
+    if t:
+        lines.append(f"  trained {t.get('steps', '?')} steps ({t.get('hours', 0):.1f} h, "
+                     f"{t.get('precision', '?')}) on {t.get('data', '?')}")
+    return "\n".join(lines)
+
+
+def zoo_listing(as_json: bool) -> int:
+    """``iicnet info zoo:``: every shipped model with its card."""
+    cards = {name: zoo.card(name) for name in zoo.names()}
+    if as_json:
+        print(json.dumps(cards, indent=2))
+        return 0
+    if not cards:
+        print("no zoo models are installed")
+    for name, card in cards.items():
+        print(f"{zoo.SCHEME}{name}")
+        print(zoo_summary(card))
     return 0
 
 
@@ -505,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UserError, InputError, EmbeddingFileError, ModelError, ConfigError,
-            CheckpointError, StorageError) as exc:
+            CheckpointError, StorageError, zoo.ZooError) as exc:
         print(f"iicnet: error: {exc}", file=sys.stderr)
         return 2
 

@@ -270,6 +270,9 @@ MAX_PARAMETERS = 1 << 30
 """Largest model a config may describe: 2**30 parameters, 4 GiB of float32 weights alone
 (the published design has about 6.8 million)."""
 
+MAX_CROP = 8192
+"""The largest ``data.crop``: evaluating with it scores whole frames up to this size."""
+
 UPPER = {
     "model.num_images": 64, "model.image_channels": 16, "model.embed_channels": 16,
     "model.blocks": 256, "model.nf": 4096, "model.growth": 4096, "model.clamp": 100.0,
@@ -277,7 +280,7 @@ UPPER = {
     "loss.lambda_emb": 1e6, "loss.lambda_freq": 1e6, "loss.lambda_res": 1e6,
     "loss.charbonnier_eps": 1.0, "loss.frame_balance": 1.0,
     "optim.lr": 10.0, "optim.weight_decay": 1.0, "optim.grad_clip": 1e9,
-    "data.step": 10_000, "data.crop": 8192, "data.batch_size": 4096,
+    "data.step": 10_000, "data.crop": MAX_CROP, "data.batch_size": 4096,
     "data.shuffle_buffer": 1_000_000, "data.loader_workers": 256,
     "train.steps": 10**10, "train.val_every": 10**10, "train.checkpoint_every": 10**10,
     "train.log_every": 10**10, "train.seed": 2**63 - 1,
