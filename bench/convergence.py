@@ -58,7 +58,7 @@ from iicnet.model.config import Config  # noqa: E402
 from iicnet.tasks import get_task  # noqa: E402
 from iicnet.training import Trainer  # noqa: E402
 from ray_jobs import common  # noqa: E402
-from ray_jobs.train import DEFAULT_CONFIG  # noqa: E402
+from ray_jobs.options import DEFAULT_CONFIG  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 HELD_OUT = ("val", "test")

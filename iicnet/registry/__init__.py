@@ -20,6 +20,7 @@ from iicnet.registry.models import (
     find_runs,
     load_model,
     local_store,
+    log_checkpoint,
     log_datasets,
     log_model,
     model_card,
@@ -37,6 +38,6 @@ from iicnet.registry.models import (
 __all__ = ["CHECKPOINT_ARTIFACT", "DEFAULT_ALIAS", "LOCAL_STORE", "MODEL_NAME", "RANKED_BY",
            "RUN_NAME_TAG", "AliasClaim", "Tracker", "TrackingError", "check_tracking",
            "claim_alias", "experiment_id", "find_runs", "load_model", "local_store",
-           "log_datasets", "log_model", "model_card", "model_name", "promote",
+           "log_checkpoint", "log_datasets", "log_model", "model_card", "model_name", "promote",
            "quiet_console", "redact", "register", "registered_version", "start_run",
            "system_metrics", "tracking_uri"]

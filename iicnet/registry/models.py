@@ -370,6 +370,15 @@ def log_model(uri: str, run_id: str, directory: str | Path, *,
     return f"models:/{model.model_id}"
 
 
+def log_checkpoint(uri: str, run_id: str, directory: str | Path, *,
+                   metrics: dict[str, float] | None = None, step: int | None = None) -> str:
+    """:func:`log_model` of a training checkpoint, verified first
+    (:func:`iicnet.formats.checkpoint.verify`): only a complete checkpoint becomes a model
+    version. Raises CheckpointError naming what is missing or damaged."""
+    checkpoint.verify(directory)
+    return log_model(uri, run_id, directory, metrics=metrics, step=step)
+
+
 def _signature():
     """Parameters only (see :mod:`iicnet.registry.pyfunc`): ``mode``, default ``auto``."""
     from mlflow.models import ModelSignature
