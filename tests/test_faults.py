@@ -1,4 +1,4 @@
-"""Failure paths, tried the way an attacker or a clumsy user would (issue 15).
+"""Failure paths, tried the way an attacker or a clumsy user would.
 
 Each case asserts what the user sees (an exit status or an exception, and its message) and
 what is left behind. The tables run in seconds; the cases that need an MLflow store or start

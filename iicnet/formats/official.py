@@ -28,7 +28,6 @@ it; that model is imported as it is with ``model.channel_order: bgr``, and
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import zipfile
@@ -40,6 +39,7 @@ import torch
 from iicnet.formats import config_file
 from iicnet.model import IICNet
 from iicnet.model.config import Config, ConfigError, ModelConfig, from_dict
+from iicnet.storage.objects import sha256
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "configs"
 """The published configs: the repository's ``configs`` folder."""
@@ -122,14 +122,6 @@ def official_key(ours: str) -> str:
 
 
 # -- reading ---------------------------------------------------------------------------
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an official checkpoint (legacy or zip serialisation), ``module.``
