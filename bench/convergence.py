@@ -8,7 +8,7 @@ training throughput with 1 and 2 Ray workers.
    embedding, images restored from it, RGB PSNR / SSIM per image, averaged over windows;
    "restored" covers all K images). Per frame as well: the restored PSNR of each of the K
    images and its copy baseline, the PSNR of the embedding itself taken as that image. A
-   mean over all K hides a frame restored as little more than the reference (issue 18).
+   mean over all K hides a frame restored as little more than the reference.
 2. The embedded default runs as a user runs it: ``python ray_jobs/train.py`` with no training
    arguments (2 CPU workers, ``configs/video-k3-small.yaml``). Only where its results go is
    changed: a temporary folder for Ray's storage and a temporary SQLite MLflow store, so the
@@ -21,8 +21,8 @@ training throughput with 1 and 2 Ray workers.
 The requirements: training within 10 minutes, and after training, on each held-out split,
 every image other than the reference at least 1.5 dB above its copy baseline, and the
 reference at least at its copy baseline (the embedding's own PSNR, since the embedding is
-trained to look like it) (issue 18). The gain over the untrained network (issue 4 asked for
-5 dB) is reported beside them.
+trained to look like it). The gain over the untrained network (once required to be 5 dB) is
+reported beside them.
 Writes ``bench/results/convergence.json``. The machine is shared: the load average before
 and after is recorded with the timings.
 
@@ -58,7 +58,7 @@ from iicnet.model.config import Config  # noqa: E402
 from iicnet.tasks import get_task  # noqa: E402
 from iicnet.training import Trainer  # noqa: E402
 from ray_jobs import common  # noqa: E402
-from ray_jobs.train import DEFAULT_CONFIG  # noqa: E402
+from ray_jobs.options import DEFAULT_CONFIG  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 HELD_OUT = ("val", "test")
@@ -141,8 +141,8 @@ def every_frame_above_copy(result: dict) -> bool:
     """On every held-out split: each image other than the reference restored at least
     REQUIRED_MARGIN_DB above its copy baseline on average, and the reference restored at
     least as well as the embedding shows it. (The embedding is trained to look like the
-    reference, so the reference's copy baseline is the embedding's own PSNR; the question of
-    issue 18 is whether the other images come back at all.)"""
+    reference, so the reference's copy baseline is the embedding's own PSNR; the question
+    is whether the other images come back at all.)"""
     def ok(k: int, frame: dict) -> bool:
         needed = REQUIRED_MARGIN_DB if k else 0.0
         return frame["margin_db"] is not None and frame["margin_db"] >= needed

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmarks in one go (issue 16), about 8 minutes on one data-centre GPU:
+# The GPU benchmarks in one go, about 8 minutes on one data-centre GPU:
 #   1. bench/train_step.py --compile   the published K=5 step: straightforward, fast (bf16
 #      autocast, fused Adam, cudnn.benchmark), memory saving, channels_last, torch.compile,
 #      CUDA graphs; samples/s, peak memory, where the time goes

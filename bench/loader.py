@@ -10,7 +10,7 @@ batch 2) over the DAVIS-layout sample dataset (854x480 JPEG frames), decoding in
 - ``loose_files``: a map-style dataset over the DAVIS folder itself that opens and decodes
   the K JPEG files of each window with PIL, as a loader without shards would.
 
-A sample is one (K frames, reference) training item. The requirement (issue 3) is at least 5x
+A sample is one (K frames, reference) training item. The requirement is at least 5x
 the samples/s that training the published config consumes on this machine: the fastest
 formulation in ``bench/results/train_step-cpu.json`` when it exists, else batch 2 per the
 18 s step measured on this CPU class (``shared/STACK.md``). Writes

@@ -1,4 +1,4 @@
-"""Does training through JPEG make embeddings survive being shared? (issue 17)
+"""Does training through JPEG make embeddings survive being shared?
 
 Two models of the same small configuration are trained here, one after the other, in this
 process (plain torch, no Ray): ``configs/video-k3-small.yaml`` (the baseline) and
@@ -13,7 +13,7 @@ pixels) by :func:`iicnet.app.evaluation.evaluate`, exactly as ``iicnet eval --jp
 scores: restored from the uint8 embedding (the PNG), and restored from a real Pillow JPEG of
 it at each quality. RGB PSNR per image, averaged; "restored" covers all K images.
 
-Targets (issue 17): at quality 90 the robust model is within 3 dB of its own lossless result
+Targets: at quality 90 the robust model is within 3 dB of its own lossless result
 and at least 6 dB above the baseline; its lossless restored and embedding PSNR are at most
 1.5 dB below the baseline's.
 

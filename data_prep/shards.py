@@ -164,11 +164,7 @@ def _write_tar(path: Path, samples: list[Sample]) -> tuple[int, str]:
                 info.size, info.mtime, info.mode = len(data), 0, 0o444
                 info.uname = info.gname = "iicnet"
                 tar.addfile(info, io.BytesIO(data))
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return path.stat().st_size, digest.hexdigest()
+    return path.stat().st_size, storage.sha256(path)
 
 
 def _record_url(out: str, name: str) -> str:

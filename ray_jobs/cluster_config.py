@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from ray_jobs.common import REPO
+
 TEMPLATE = REPO / "cluster" / "template.yaml"
 SETTINGS = REPO / "cluster" / "settings.yaml"
 EXAMPLE = REPO / "cluster" / "settings.example.yaml"

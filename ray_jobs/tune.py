@@ -25,8 +25,8 @@ the highest restored PSNR (the highest score when none is feasible, with a warni
 the trials that ran all their steps: an early-stopped trial was scored at an earlier step.
 
 How it runs. Each trial is a function that builds and fits a Ray Train ``TorchTrainer`` over
-the same per-worker loop as ``ray_jobs/train.py`` (Train V2 has no ``Tuner(TorchTrainer)``);
-the trainer reports every validation (``train.checkpoint_every`` is set to
+the same per-worker loop as ``ray_jobs/train.py`` (:mod:`ray_jobs.worker`; Train V2 has no
+``Tuner(TorchTrainer)``); the trainer reports every validation (``train.checkpoint_every`` is set to
 ``train.val_every``) with a checkpoint, and a callback passes the scores and the objective to
 Tune. ASHA stops trials whose objective trails at ``--grace-steps`` steps and at each
 ``--reduction-factor`` multiple after it. The trial's driver holds one CPU and its workers
@@ -78,17 +78,23 @@ from typing import Any
 
 from iicnet import storage
 from iicnet.storage.arrow import ray_storage
-from ray_jobs import common, sweep_report, sweep_space
+from ray_jobs import common, options, sweep_report, sweep_space
+from ray_jobs.options import DEFAULT_CONFIG
+from ray_jobs.sweep_state import (
+    SETTINGS,
+    SWEEP_TAG,
+    SweepStateError,
+    check_sealed,
+    finished_before,
+    load_settings,
+    save_settings,
+    seal_state,
+)
 
-DEFAULT_CONFIG = common.REPO / "configs" / "video-k3-small.yaml"
-SETTINGS = "iicnet-sweep.json"
 TUNED_ALIAS = "tuned"
 EMBEDDED = {"steps": 60, "val_every": 20, "min_embedding_psnr": 20.0}
 """The embedded default's run length and threshold (with no --config)."""
 INTERRUPTED = 3
-STATE_TAG = "iicnet.sweep_state_sha256"
-"""Parent-run tag: the digest of the sweep's Tune state when it last stopped."""
-SWEEP_TAG = "iicnet.sweep"
 TRIAL_TAG = "iicnet.trial_id"
 
 
@@ -100,8 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "arguments or an unreachable service, 3 interrupted (continue with --resume).")
     parser.add_argument("--config", help="YAML config the trials start from (default: "
                         "configs/video-k3-small.yaml with the embedded default's settings)")
-    parser.add_argument("--data", help="training shards: a directory or s3://bucket/prefix "
-                        "(default: the sample dataset, built if missing)")
+    options.add(parser, "--data")
     parser.add_argument("--val-data", help="validation shards (default: --data)")
     parser.add_argument("--space", action="append", default=[], metavar="FIELD=SPEC",
                         help="search a config field (repeatable): loguniform:LOW:HIGH, "
@@ -121,7 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "which the autoscaler meets by adding nodes)")
     parser.add_argument("--workers-per-trial", type=int, default=1,
                         help="Ray Train workers (DDP) per trial (default 1)")
-    parser.add_argument("--gpu", action="store_true", help="one GPU per worker, nccl, bf16")
+    options.add(parser, "--gpu")
     parser.add_argument("--min-embedding-psnr", type=float, help="embedding PSNR the best "
                         "trial must reach, dB (default 30; embedded default "
                         f"{EMBEDDED['min_embedding_psnr']:g})")
@@ -137,7 +142,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "group and of the trial itself (default 1)")
     parser.add_argument("--storage", help="Tune experiment and trial checkpoints: a directory "
                         "or s3://bucket/prefix (default: .iicnet/ray_results)")
-    parser.add_argument("--experiment", help="MLflow experiment (default: iicnet-<task>)")
+    options.add(parser, "--experiment")
     parser.add_argument("--name", help="sweep name (default: tune-<task>-<time>)")
     parser.add_argument("--resume", metavar="NAME", help="continue the sweep of this name in "
                         "--storage; its other settings come from the sweep itself")
@@ -205,109 +210,6 @@ def new_settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def storage_files(filesystem: Any):
-    """``filesystem``, or the local one for a local storage path."""
-    from pyarrow import fs
-
-    return filesystem or fs.LocalFileSystem()
-
-
-def save_settings(settings: dict[str, Any], storage_path: str, filesystem: Any) -> None:
-    files = storage_files(filesystem)
-    directory = f"{storage_path}/{settings['name']}"
-    files.create_dir(directory, recursive=True)
-    with files.open_output_stream(f"{directory}/{SETTINGS}") as out:
-        out.write(json.dumps(settings, indent=1).encode())
-
-
-def load_settings(name: str, storage_path: str, filesystem: Any) -> dict[str, Any]:
-    from pyarrow import fs
-
-    files = storage_files(filesystem)
-    path = f"{storage_path}/{name}/{SETTINGS}"
-    if files.get_file_info(path).type == fs.FileType.NotFound:
-        raise FileNotFoundError(f"--resume {name}: no sweep of that name in {storage_path} "
-                                f"(no {SETTINGS}); pass the --storage it ran with")
-    with files.open_input_stream(path) as f:
-        data = f.read(1 << 20)
-    try:
-        settings = json.loads(data)
-    except (ValueError, RecursionError):
-        raise ValueError(f"{path}: not valid JSON; the sweep's settings are damaged") from None
-    missing = [k for k in ("name", "experiment", "config", "space", "parent_run_id")
-               if not isinstance(settings, dict) or k not in settings]
-    if missing or settings["name"] != name:
-        raise ValueError(f"{path}: not the settings of sweep {name} (missing "
-                         f"{', '.join(missing) or 'nothing'}, name {settings.get('name')!r})")
-    return settings
-
-
-def state_digest(storage_path: str, name: str, filesystem: Any) -> str:
-    """sha256 over the name and sha256 of every file of the sweep's Tune state: everything
-    under ``<storage>/<name>/`` except ``train/`` (the trials' Ray Train folders, which hold
-    JSON and our sealed checkpoints; Ray unpickles nothing there)."""
-    import hashlib
-
-    from pyarrow import fs
-
-    files = storage_files(filesystem)
-    root = f"{storage_path}/{name}".rstrip("/")
-    lines = []
-    for info in files.get_file_info(fs.FileSelector(root, recursive=True)):
-        if info.type != fs.FileType.File:
-            continue
-        relative = info.path[len(root) + 1:] if info.path.startswith(root + "/") else info.path
-        if relative.split("/")[0] == "train":
-            continue
-        digest = hashlib.sha256()
-        with files.open_input_stream(info.path) as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        lines.append(f"{relative}\0{digest.hexdigest()}\n")
-    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
-
-
-def seal_state(uri: str, settings: dict[str, Any], storage_path: str, filesystem: Any) -> None:
-    """Record the digest of the sweep's Tune state in its MLflow parent run: the only way
-    ``--resume`` lets Ray read (and unpickle) that state again."""
-    from iicnet import registry
-
-    digest = state_digest(storage_path, settings["name"], filesystem)
-    registry.Tracker(uri, settings["parent_run_id"]).tags({STATE_TAG: digest})
-
-
-def check_sealed(uri: str, settings: dict[str, Any], storage_path: str,
-                 filesystem: Any) -> None:
-    """Raise SweepStateError unless the sweep's Tune state in storage is exactly what the
-    sweep itself left there (the digest :func:`seal_state` recorded in MLflow).
-
-    ``Tuner.restore`` unpickles ``tuner.pkl``, the experiment state and the searcher state
-    from storage: whoever could change them could run code here. Nothing of it is read
-    before this check passes."""
-    from iicnet import registry
-
-    name = settings["name"]
-    runs = registry.find_runs(uri, settings["experiment"], {SWEEP_TAG: name})
-    tags = runs.get(settings["parent_run_id"])
-    if tags is None:
-        raise SweepStateError(f"--resume {name}: its MLflow parent run "
-                              f"{settings['parent_run_id']} is not in experiment "
-                              f"{settings['experiment']!r} at {registry.redact(uri)}")
-    recorded = tags.get(STATE_TAG)
-    if not recorded:
-        raise SweepStateError(
-            f"--resume {name}: the sweep's state in {storage_path}/{name} was never sealed "
-            "(its driver did not stop cleanly), so nothing vouches for it; Ray would unpickle "
-            "it, so it is not resumed. Start a new sweep (--name another name)")
-    found = state_digest(storage_path, name, filesystem)
-    if found != recorded:
-        raise SweepStateError(
-            f"--resume {name}: the sweep's state in {storage_path}/{name} changed since the "
-            f"sweep last stopped (sha256 {found[:12]}..., recorded {recorded[:12]}... in MLflow "
-            f"run {settings['parent_run_id']}); Ray would unpickle it, so it is not resumed. "
-            "Someone or something else wrote there: check who can write to the storage")
-
-
 def resources(settings: dict[str, Any]) -> dict[str, Any]:
     """Concurrency, Ray's CPU count, worker threads and per-worker resources.
 
@@ -349,13 +251,13 @@ def objective_callback(min_embedding_psnr: float, penalty: float):
 
 def run_trial(values: dict[str, Any], job: dict[str, Any]) -> None:
     """One trial (a Tune function trainable): its child MLflow run and a TorchTrainer over
-    ``ray_jobs.train.train_loop``. Rerun after an interruption, it finds both again: the run
-    by name, the trainer's latest checkpoint in its storage folder."""
+    the per-worker loop of :mod:`ray_jobs.worker`. Rerun after an interruption, it finds
+    both again: the run by name, the trainer's latest checkpoint in its storage folder."""
     import ray.tune
 
     from iicnet import registry
     from iicnet.model.config import from_dict
-    from ray_jobs import train
+    from ray_jobs.worker import make_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = sweep_space.apply(from_dict(job["config"]), values)
@@ -363,7 +265,7 @@ def run_trial(values: dict[str, Any], job: dict[str, Any]) -> None:
         job["tracking_uri"], job["experiment"], f"{job['sweep']}-{trial_id}", cfg, resume=True,
         tags={"mlflow.parentRunId": job["parent_run_id"], SWEEP_TAG: job["sweep"],
               TRIAL_TAG: trial_id, "tune.searched": ",".join(values)})
-    trainer = train.make_trainer(
+    trainer = make_trainer(
         cfg, data=job["data"], val_data=job["val_data"], uri=job["tracking_uri"],
         run_id=run_id, threads=job["threads"], num_workers=job["workers"], use_gpu=job["gpu"],
         per_worker=job["per_worker"], name=trial_id,
@@ -439,9 +341,7 @@ def build_tuner(settings: dict[str, Any], job: dict[str, Any], max_concurrent: i
 
 def main(argv: list[str] | None = None) -> int:
     from iicnet import registry
-    from iicnet.model.config import ConfigError, from_dict
-    from iicnet.storage import StorageError
-    from ray_jobs import train
+    from iicnet.model.config import from_dict
 
     args = parse_args(argv)
     registry.quiet_console()
@@ -461,18 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             return common.fail(problem)
         base = from_dict(settings["config"])
-        if settings["gpu"] and not common.on_cluster():
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ConfigError("--gpu: this machine has no CUDA GPU (leave --gpu out to "
-                                  "sweep on CPU, or submit the job to a cluster with GPUs)")
+        options.check_gpu(settings["gpu"], "sweep")
         registry.check_tracking(uri)
-        data = storage.absolute(settings["data"] or common.sample_shards(cache))
-        val_data = storage.absolute(settings["val_data"]) if settings["val_data"] else data
-        train.check_data(data, "train", base)
-        if train.check_data(val_data, "val", base) < 1:
-            raise ValueError(f"{val_data}: the 'val' split is empty")
+        data, val_data = options.data_sources(settings["data"], settings["val_data"], base,
+                                              cache)
         name, resume = settings["name"], bool(args.resume)
         if resume and finished_before(uri, settings["parent_run_id"]):
             print(f"sweep {name} has already finished: its table and plot are in the MLflow "
@@ -480,13 +372,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if resume:
             check_sealed(uri, settings, storage_path, filesystem)
-        elif run_folder_exists(storage_path, name, filesystem):
+        elif options.run_exists(storage_path, name, filesystem):
             raise SweepStateError(f"--name {name}: {storage_path}/{name} already exists; "
                                   f"continue that sweep with --resume {name}, or pick another "
                                   "name")
-    except (registry.TrackingError, SweepStateError) as exc:
-        return common.fail(str(exc))
-    except (ConfigError, FileNotFoundError, ValueError, StorageError) as exc:
+    except (*options.setup_errors(), SweepStateError) as exc:
         return common.fail(str(exc))
     artifact_location = default_artifacts if uri == default_uri else None
     parent = registry.start_run(uri, settings["experiment"], name, base, resume=resume,
@@ -530,24 +420,6 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED
     return finish(settings, base, trials, uri, parent, filesystem, args.out, cache,
                   time.monotonic() - began)
-
-
-class SweepStateError(RuntimeError):
-    """The sweep's state in storage cannot be trusted, or is not where it should be."""
-
-
-def run_folder_exists(storage_path: str, name: str, filesystem: Any) -> bool:
-    from pyarrow import fs
-
-    info = storage_files(filesystem).get_file_info(f"{storage_path}/{name}")
-    return info.type != fs.FileType.NotFound
-
-
-def finished_before(uri: str, parent_run_id: str) -> bool:
-    """Whether the sweep's parent run was closed as finished (so --resume has nothing to do)."""
-    from iicnet import registry
-
-    return registry.Tracker(uri, parent_run_id).status() == "FINISHED"
 
 
 def log_sweep_params(uri: str, run_id: str, settings: dict[str, Any]) -> None:
@@ -659,15 +531,13 @@ def register_best(row: dict[str, Any], base, settings: dict[str, Any], uri: str,
     import ray.train
 
     from iicnet import registry
-    from iicnet.formats import checkpoint as files
 
     name = registry.model_name(base.data.task)
     checkpoint = ray.train.Checkpoint(row["checkpoint_path"], filesystem=filesystem)
     with checkpoint.as_directory() as directory:
-        files.verify(directory)  # only a complete checkpoint becomes a model version
         # Its validation scores are in the trial's run already, step by step; logging them
         # again against the model would add a second value at the last step.
-        model_uri = registry.log_model(uri, row["run_id"], directory)
+        model_uri = registry.log_checkpoint(uri, row["run_id"], directory)
     tags = {"sweep": settings["name"], "trial_id": row["trial_id"], "run_id": row["run_id"],
             "step": row["step"], "objective": f"{row['objective']:.4f}",
             "feasible": row["feasible"],

@@ -1,4 +1,4 @@
-"""The bad-file table (issue 15): every kind of damaged, odd or hostile file a user can hand
+"""The bad-file table: every kind of damaged, odd or hostile file a user can hand
 ``iicnet embed`` as an input or ``iicnet restore`` as an embedding.
 
 Refused kinds must end in exit 2 and a message that names the file and the problem, with

@@ -18,6 +18,7 @@ from iicnet.convert import (
     MismatchError,
     ModelSource,
     UncheckedEmbedding,
+    serving,
     tile_bounds,
 )
 from iicnet.formats import checkpoint, embedding_png
@@ -211,12 +212,12 @@ def test_serving_records(conv: Converter):
         return base64.b64encode(out.getvalue()).decode()
 
     clip = photo_clip(3, 24, 30)
-    [answer] = conv.handle([{"images": [b64png(f) for f in clip]}])
+    [answer] = serving.handle(conv, [{"images": [b64png(f) for f in clip]}])
     png = base64.b64decode(answer["embedding"])
     assert png == conv.embed(clip)
-    [restored] = conv.handle([{"embedding": answer["embedding"]}])
+    [restored] = serving.handle(conv, [{"embedding": answer["embedding"]}])
     assert restored["names"] == conv.names
     images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(s)))) for s in restored["images"]]
     assert np.array_equal(np.stack(images), np.stack(conv.restore(png)))
     with pytest.raises(InputError, match="record 0: expected an 'images' list"):
-        conv.handle([{"other": 1}])
+        serving.handle(conv, [{"other": 1}])

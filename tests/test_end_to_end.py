@@ -1,4 +1,4 @@
-"""The whole chain on this machine, against real services on loopback (issue 7).
+"""The whole chain on this machine, against real services on loopback.
 
 sample DAVIS clips -> ``ray_jobs/prep.py`` (Ray tasks) -> the S3 server (rclone) ->
 ``ray_jobs/train.py`` (2 Ray Train workers streaming ``s3://`` shards, checkpoints to

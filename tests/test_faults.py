@@ -1,4 +1,4 @@
-"""Failure paths, tried the way an attacker or a clumsy user would (issue 15).
+"""Failure paths, tried the way an attacker or a clumsy user would.
 
 Each case asserts what the user sees (an exit status or an exception, and its message) and
 what is left behind. The tables run in seconds; the cases that need an MLflow store or start
@@ -566,7 +566,7 @@ def test_a_restart_skips_an_incomplete_latest_checkpoint_for_the_last_complete_o
     needed: a local ``ray.train.Checkpoint`` is a folder)."""
     import ray.train
 
-    from ray_jobs import train
+    from ray_jobs import worker
 
     trainer = Trainer(tiny())
     runs = tmp_path / "run"
@@ -580,7 +580,7 @@ def test_a_restart_skips_an_incomplete_latest_checkpoint_for_the_last_complete_o
 
     resumed = Trainer(tiny())
     with caplog.at_level("WARNING", logger="iicnet.train"):
-        train.resume_from(resumed, ray.train.Checkpoint(str(broken)), rank=0)
+        worker.resume_from(resumed, ray.train.Checkpoint(str(broken)), rank=0)
     assert resumed.step == 4
     assert f"resuming from the last complete checkpoint, {runs / 'step-00000004'}" in caplog.text
     assert "optimizer.safetensors is" in caplog.text
@@ -588,16 +588,16 @@ def test_a_restart_skips_an_incomplete_latest_checkpoint_for_the_last_complete_o
     for folder in runs.iterdir():
         truncate(folder / checkpoint.WEIGHTS)
     with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint beside it"):
-        train.resume_from(Trainer(tiny()), ray.train.Checkpoint(str(broken)), rank=0)
+        worker.resume_from(Trainer(tiny()), ray.train.Checkpoint(str(broken)), rank=0)
 
 
 def test_a_resume_finds_a_checkpoint_ray_had_not_recorded(tmp_path: Path, caplog):
     """Ctrl-C between a checkpoint's upload and Ray's record of it: Ray hands the resumed
     run no checkpoint, and the worker takes the newest complete one in the run's folder."""
-    from ray_jobs import train
+    from ray_jobs import worker
 
     runs = tmp_path / "run"
-    assert not train.resume_from(Trainer(tiny()), None, rank=0, run=(str(runs), None))
+    assert not worker.resume_from(Trainer(tiny()), None, rank=0, run=(str(runs), None))
     trainer = Trainer(tiny())
     for step in (3, 6):
         trainer.step = step
@@ -608,11 +608,11 @@ def test_a_resume_finds_a_checkpoint_ray_had_not_recorded(tmp_path: Path, caplog
 
     resumed = Trainer(tiny())
     with caplog.at_level("INFO", logger="iicnet.train"):
-        assert train.resume_from(resumed, None, rank=0, run=(str(runs), None))
+        assert worker.resume_from(resumed, None, rank=0, run=(str(runs), None))
     assert resumed.step == 6
     assert f"resuming from the last complete checkpoint, {runs / 'step-00000006'}" in caplog.text
-    assert train.resume_from(Trainer(tiny()), None, rank=0, run=(str(tmp_path / "none"), None)
-                             ) is False
+    assert worker.resume_from(Trainer(tiny()), None, rank=0, run=(str(tmp_path / "none"), None)
+                              ) is False
 
 
 def _tar_samples(path: Path) -> list[str]:

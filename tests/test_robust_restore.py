@@ -1,4 +1,4 @@
-"""Issue 17, using a model trained through JPEG: its distortion training in the embedding's
+"""Restoring from JPEG, using a model trained through it: its distortion training in the embedding's
 metadata, restoring a JPEG (or a changed PNG) without --allow-lossy for such a model only,
 and ``iicnet eval --jpeg Q`` scoring restoration from real JPEGs of the embedding."""
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Screenshots of the MLflow UI (issue 14): the run page, its model metrics, the model
+# Screenshots of the MLflow UI: the run page, its model metrics, the model
 # version page, the logged model page and the run's last validation picture, for the
 # @candidate version in an SQLite store (default: the one `make run` wrote). Needs Debian's
 # `chromium`; the UI runs on 127.0.0.1 only and is stopped afterwards.

@@ -278,14 +278,13 @@ def cmd_import_official(args: argparse.Namespace) -> int:
 def _register_import(directory: Path, cfg, args: argparse.Namespace, tags: dict[str, str],
                      source: Path) -> tuple[str, str, str]:
     from iicnet import registry
-    from iicnet.registry.models import register_import
 
     alias = args.alias or registry.DEFAULT_ALIAS
     run_name = f"official-{source.stem}-{tags['official_sha256'][:12]}"
     try:
         uri = registry.tracking_uri()
-        run_id, version = register_import(uri, directory, cfg, args.register, alias=alias,
-                                          run_name=run_name, tags=tags)
+        run_id, version = registry.register_import(uri, directory, cfg, args.register,
+                                                   alias=alias, run_name=run_name, tags=tags)
     except registry.TrackingError as exc:
         raise UserError(str(exc)) from exc
     return run_id, version, alias

@@ -36,7 +36,6 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -396,11 +395,3 @@ class Converter:
         """
         pixels, info = self.read_embedding(embedding, allow_lossy=allow_lossy)
         return self.restore_pixels(pixels, info)
-
-    # -- serving -----------------------------------------------------------------------
-
-    def handle(self, request: Any) -> list[dict[str, Any]]:
-        """Answer serving requests; see :func:`iicnet.convert.serving.handle`."""
-        from iicnet.convert.serving import handle
-
-        return handle(self, request)

@@ -1,4 +1,7 @@
-"""Answering serving requests (what ``mlflow models serve`` hands a model) with a Converter."""
+"""Answering serving requests (what ``mlflow models serve`` hands a model) with a Converter.
+
+The served model (:mod:`iicnet.registry.pyfunc`) calls :func:`handle` with its converter; the
+converter itself knows nothing of serving."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import numpy as np
 
 from iicnet.convert.converter import Converter
 from iicnet.formats import embedding_png
-from iicnet.formats.imagefiles import InputError
+from iicnet.formats.imagefiles import InputError, open_image
 
 
 def handle(converter: Converter, request: Any) -> list[dict[str, Any]]:
@@ -40,7 +43,7 @@ def _handle_one(converter: Converter, index: int, record: dict[str, Any]) -> dic
         for j, item in enumerate(record["images"]):
             label = f"record {index} image {j}"
             try:
-                with Image.open(io.BytesIO(base64.b64decode(item))) as image:
+                with open_image(base64.b64decode(item)) as image:
                     images.append(np.asarray(image.convert("RGB")))
             except (ValueError, OSError) as exc:
                 raise InputError(f"{label}: not a base64 image file ({exc})") from exc

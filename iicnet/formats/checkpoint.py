@@ -18,7 +18,6 @@ raises :class:`CheckpointError` saying what is wrong and, for a folder of checkp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from iicnet.model import IICNet
 from iicnet.model.config import Config, ConfigError, from_dict
 from iicnet.storage.atomic import publishing, replacing
+from iicnet.storage.objects import sha256
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -64,19 +64,11 @@ def save(directory: str | Path, model: IICNet, config: Config) -> Path:
     return directory
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def seal(directory: str | Path) -> dict[str, Any]:
     """Write ``complete.json`` (size and sha256 of every other file) into ``directory``;
     call it last, after every file of the checkpoint is written. Returns the marker."""
     directory = Path(directory)
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
              for p in sorted(directory.iterdir())
              if p.is_file() and p.name != MARKER and not p.name.startswith(".")}
     marker = {"format": MARKER_FORMAT, "version": 1, "files": files}
@@ -145,7 +137,7 @@ def _marker_problem(directory: Path) -> str | None:
         size = path.stat().st_size
         if size != expected.get("bytes"):
             return f"{name} is {size} of {expected.get('bytes')} bytes"
-        if _sha256(path) != expected.get("sha256"):
+        if sha256(path) != expected.get("sha256"):
             return f"{name} does not match its sha256 in {MARKER}"
     return None
 

@@ -332,7 +332,7 @@ def reencode_jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
     out = io.BytesIO()
     to_image(pixels).save(out, format="JPEG", quality=quality)
-    with Image.open(io.BytesIO(out.getvalue())) as image:
+    with open_image(out.getvalue()) as image:
         return np.array(_pixels(image.convert("L" if pixels.shape[2] == 1 else "RGB")))
 
 

@@ -28,7 +28,6 @@ it; that model is imported as it is with ``model.channel_order: bgr``, and
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import zipfile
@@ -39,7 +38,8 @@ import torch
 
 from iicnet.formats import config_file
 from iicnet.model import IICNet
-from iicnet.model.config import Config, ConfigError, ModelConfig, from_dict
+from iicnet.model.config import Config, ConfigError, ModelConfig, from_dict, shapes
+from iicnet.storage.objects import sha256
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "configs"
 """The published configs: the repository's ``configs`` folder."""
@@ -123,14 +123,6 @@ def official_key(ours: str) -> str:
 
 # -- reading ---------------------------------------------------------------------------
 
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an official checkpoint (legacy or zip serialisation), ``module.``
     prefixes removed. Only tensors and containers are accepted; nothing in the file runs."""
@@ -200,7 +192,6 @@ def infer_model(state: dict[str, torch.Tensor], where: str = "checkpoint") -> In
     if blocks == 0:
         raise OfficialFormatError(f"{where}: no coupling blocks (2.operations.*)")
     split = _shape(state, "2.operations.0.F.conv5.weight", where)[0]
-    n = k * channels
     notes: list[str] = []
     fields: dict[str, object] = {"num_images": k, "image_channels": channels,
                                  "blocks": blocks, "nf": nf, "growth": growth}
@@ -213,18 +204,26 @@ def infer_model(state: dict[str, torch.Tensor], where: str = "checkpoint") -> In
         fields.update(downscale="none", order="ref", embed_channels=split)
         return Inferred(fields, notes)
     fields["downscale"] = "haar" if HAAR_KEY in state else "squeeze"
-    if split == n:
+    # What each order's split would be for these images (iicnet.model.config.shapes): order
+    # hl splits at every image's low band; order ref at the embedding's sub-bands, per
+    # embedding channel.
+    hl = shapes(ModelConfig(num_images=k, image_channels=channels,
+                            downscale=fields["downscale"], order="hl")).split
+    per_channel = shapes(ModelConfig(num_images=k, image_channels=channels, embed_channels=1,
+                                     downscale=fields["downscale"], order="ref")).split
+    if split == hl:
         fields.update(order="hl", embed_channels=3 if channels >= 3 else channels)
         notes.append(f"embedding channels {fields['embed_channels']}: with order hl the "
                      "weights do not record them (--set model.embed_channels=... otherwise)")
-        if split % 4 == 0:
-            notes.append(f"order hl and order ref with {split // 4} embedding channels have "
-                         "the same shapes here; pass --set model.order=ref if it was ref")
-    elif split % 4 == 0:
-        fields.update(order="ref", embed_channels=split // 4)
+        if split % per_channel == 0:
+            notes.append(f"order hl and order ref with {split // per_channel} embedding "
+                         "channels have the same shapes here; pass --set model.order=ref if "
+                         "it was ref")
+    elif split % per_channel == 0:
+        fields.update(order="ref", embed_channels=split // per_channel)
     else:
         raise OfficialFormatError(f"{where}: coupling split {split} fits neither order hl "
-                                  f"({n}) nor order ref (4 x embedding channels)")
+                                  f"({hl}) nor order ref ({per_channel} x embedding channels)")
     return Inferred(fields, notes)
 
 

@@ -4,8 +4,10 @@ A config is six nested dataclasses (model, loss, optim, data, train, distortion)
 a mapping
 (:func:`from_dict`; YAML files are read by :mod:`iicnet.formats.config_file`).
 Every field is checked on load; a bad value raises :class:`ConfigError` naming the field
-(``model.blocks``) and what was wrong. A config fully determines a model: two models built
-from equal configs have the same architecture and parameter names.
+(``model.blocks``) and what was wrong. A field's type (its annotation), bounds (:func:`knob`)
+and meaning (the docstring under it) are declared together, on the field. A config fully
+determines a model: two models built from equal configs have the same architecture and
+parameter names, whose shapes :func:`shapes` derives.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,29 +26,54 @@ class ConfigError(ValueError):
     """A config value is missing, unknown or out of range; the message names the field."""
 
 
+DEFAULT_UPPER = 10**10
+"""Upper bound of a numeric field that names none (and the negative of every field's lower
+limit), so no size is ever unbounded; a number beyond a bound is a typo or an attack, not an
+experiment."""
+
+LOWER = {"positive": "must be positive", "non-negative": "must not be negative",
+         "unit": "must lie in [0, 1)", "unit-or-one": "must lie in [0, 1)"}
+"""The lower rules a field may name, and how a value that breaks one is described
+(``unit-or-one`` also allows exactly 1)."""
+
+
+MAX_CROP = 8192
+"""The largest ``data.crop``: evaluating with it scores whole frames up to this size."""
+
+
+def knob(default: Any, *, upper: float = DEFAULT_UPPER, lower: str | None = None,
+         legacy: dict[bool, str] | None = None) -> Any:
+    """A config field with its rules beside it (its type is the annotation, its meaning the
+    docstring under it): ``upper`` the inclusive upper bound, ``lower`` one of
+    :data:`LOWER`, ``legacy`` what the booleans of a field that was once a boolean mean now."""
+    if lower is not None and lower not in LOWER:
+        raise ValueError(f"lower: {lower!r} is not one of {', '.join(LOWER)}")
+    return field(default=default, metadata={"upper": upper, "lower": lower, "legacy": legacy})
+
+
 @dataclass
 class ModelConfig:
     """Architecture. Defaults are the published video K=5 design."""
 
-    num_images: int = 5
+    num_images: int = knob(5, upper=64, lower="positive")
     """K: how many images go into one embedding."""
-    image_channels: int = 3
+    image_channels: int = knob(3, upper=16, lower="positive")
     """C: channels of each input image."""
-    embed_channels: int = 3
+    embed_channels: int = knob(3, upper=16, lower="positive")
     """C_e: channels of the embedding image (1 for the grayscale task)."""
     downscale: Literal["none", "haar", "squeeze"] = "none"
     """Invertible downscaling by 2 before the coupling blocks (Haar wavelet or 2x2 squeeze)."""
     order: Literal["ref", "hl"] = "ref"
     """Channel order after downscaling: the reference's sub-bands first, or all low bands first."""
-    blocks: int = 10
+    blocks: int = knob(10, upper=256, lower="positive")
     """Number of coupling blocks."""
-    nf: int = 64
+    nf: int = knob(64, upper=4096, lower="positive")
     """Feature width of the relation module."""
-    growth: int = 32
+    growth: int = knob(32, upper=4096, lower="positive")
     """Growth rate of every dense block."""
-    clamp: float = 1.0
+    clamp: float = knob(1.0, upper=100.0, lower="non-negative")
     """Scale of the centred sigmoid in the affine coupling (eq. 4)."""
-    relation_residual_scale: float = 0.2
+    relation_residual_scale: float = knob(0.2, upper=100.0)
     """r_k = x_k + scale * tail_k in the relation module."""
     fused: bool = True
     """Run the K relation heads/tails as single grouped kernels (same weights, same result)."""
@@ -61,11 +89,11 @@ class ModelConfig:
 class LossConfig:
     """Loss weights (published: 1, 0.001, 3; lambda_res 0.4 for video at half resolution)."""
 
-    lambda_emb: float = 1.0
-    lambda_freq: float = 0.001
-    lambda_res: float = 3.0
-    charbonnier_eps: float = 1e-6
-    frame_balance: float = 0.0
+    lambda_emb: float = knob(1.0, upper=1e6, lower="non-negative")
+    lambda_freq: float = knob(0.001, upper=1e6, lower="non-negative")
+    lambda_res: float = knob(3.0, upper=1e6, lower="non-negative")
+    charbonnier_eps: float = knob(1e-6, upper=1.0, lower="positive")
+    frame_balance: float = knob(0.0, upper=1.0, lower="non-negative")
     """0 as published; up to 1: weigh each image's restoration term by its share of the
     error (:func:`iicnet.model.losses.restoration_loss`)."""
 
@@ -74,13 +102,13 @@ class LossConfig:
 class OptimConfig:
     """Adam with a multi-step schedule, as published."""
 
-    lr: float = 2e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 1e-5
-    grad_clip: float = 10.0
+    lr: float = knob(2e-4, upper=10.0, lower="positive")
+    beta1: float = knob(0.9, lower="unit")
+    beta2: float = knob(0.999, lower="unit")
+    weight_decay: float = knob(1e-5, upper=1.0, lower="non-negative")
+    grad_clip: float = knob(10.0, upper=1e9, lower="non-negative")
     milestones: list[int] = field(default_factory=lambda: [100_000, 200_000, 300_000, 400_000])
-    gamma: float = 0.5
+    gamma: float = knob(0.5, lower="unit-or-one")
 
 
 @dataclass
@@ -89,29 +117,29 @@ class DataConfig:
 
     task: str = "video"
     """Task name, see ``iicnet.tasks``."""
-    step: int = 5
+    step: int = knob(5, upper=10_000, lower="positive")
     """Frame step between the K frames of a video window."""
     scale: int = 2
     """Zoom factor of the dual-view task (2, 4 or 8)."""
     matte: bool = False
     """Multi-layer task: add the alpha matte as a fourth image."""
-    crop: int = 144
+    crop: int = knob(144, upper=MAX_CROP, lower="positive")
     """Side of the random training crop (validation uses centre crops of this size)."""
-    batch_size: int = 2
-    shuffle_buffer: int = 256
-    loader_workers: int = 2
+    batch_size: int = knob(2, upper=4096, lower="positive")
+    shuffle_buffer: int = knob(256, upper=1_000_000, lower="positive")
+    loader_workers: int = knob(2, upper=256, lower="non-negative")
 
 
 @dataclass
 class TrainConfig:
     """The run: length, cadence of validation, checkpoints and logging."""
 
-    steps: int = 500_000
-    val_every: int = 1000
-    checkpoint_every: int = 5000
-    log_every: int = 100
-    seed: int = 0
-    amp: Literal["auto", "gpu", "bf16", "off"] = "gpu"
+    steps: int = knob(500_000, upper=10**10, lower="positive")
+    val_every: int = knob(1000, upper=10**10, lower="positive")
+    checkpoint_every: int = knob(5000, upper=10**10, lower="positive")
+    log_every: int = knob(100, upper=10**10, lower="positive")
+    seed: int = knob(0, upper=2**63 - 1, lower="non-negative")
+    amp: Literal["auto", "gpu", "bf16", "off"] = knob("gpu", legacy={True: "gpu", False: "off"})
     """bf16 autocast of the training forward: ``auto`` on a GPU and on a CPU with native bf16
     (AVX512-BF16 or AMX, as torch reports it), ``gpu`` on a GPU only (float32 on any CPU),
     ``bf16`` always, ``off`` never (float32). The couplings' stream, scales and affine updates
@@ -200,16 +228,10 @@ def parse_value(raw: str) -> Any:
     return _WORDS.get(text.lower(), text)
 
 
-_LEGACY_BOOLS = {"train.amp": {True: "gpu", False: "off"}}
-"""Fields that were booleans once: what their old values mean now."""
-
-
 def _check_value(path: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         allowed = typing.get_args(hint)
-        if isinstance(value, bool) and path in _LEGACY_BOOLS:
-            value = _LEGACY_BOOLS[path][value]
         if isinstance(value, bool) and ("on" if value else "off") in allowed:
             value = "on" if value else "off"  # YAML 1.1 and parse_value read off/on as booleans
         if value not in allowed:
@@ -250,19 +272,27 @@ def _check_value(path: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def _legacy(f: dataclasses.Field, value: Any) -> Any:
+    """An old boolean of a field that is one no longer, as the value it means now."""
+    legacy = f.metadata.get("legacy")
+    return legacy[value] if legacy and isinstance(value, bool) else value
+
+
 def _build_section(name: str, cls: type, raw: Any) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: expected a mapping of fields, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    known = set(fields)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
             f"{name}.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})"
         )
-    values = {k: _check_value(f"{name}.{k}", v, hints[k]) for k, v in raw.items()}
+    values = {k: _check_value(f"{name}.{k}", _legacy(fields[k], v), hints[k])
+              for k, v in raw.items()}
     return cls(**values)
 
 
@@ -270,31 +300,21 @@ MAX_PARAMETERS = 1 << 30
 """Largest model a config may describe: 2**30 parameters, 4 GiB of float32 weights alone
 (the published design has about 6.8 million)."""
 
-MAX_CROP = 8192
-"""The largest ``data.crop``: evaluating with it scores whole frames up to this size."""
 
-UPPER = {
-    "model.num_images": 64, "model.image_channels": 16, "model.embed_channels": 16,
-    "model.blocks": 256, "model.nf": 4096, "model.growth": 4096, "model.clamp": 100.0,
-    "model.relation_residual_scale": 100.0,
-    "loss.lambda_emb": 1e6, "loss.lambda_freq": 1e6, "loss.lambda_res": 1e6,
-    "loss.charbonnier_eps": 1.0, "loss.frame_balance": 1.0,
-    "optim.lr": 10.0, "optim.weight_decay": 1.0, "optim.grad_clip": 1e9,
-    "data.step": 10_000, "data.crop": MAX_CROP, "data.batch_size": 4096,
-    "data.shuffle_buffer": 1_000_000, "data.loader_workers": 256,
-    "train.steps": 10**10, "train.val_every": 10**10, "train.checkpoint_every": 10**10,
-    "train.log_every": 10**10, "train.seed": 2**63 - 1,
-}
-"""Inclusive upper bound of each numeric field. A field not named here (an integer or a list
-of integers) is bounded by :data:`DEFAULT_UPPER`, so no size is ever unbounded; a number
-beyond these is a typo or an attack, not an experiment."""
-DEFAULT_UPPER = 10**10
+
+def _rules(cfg: Config) -> Iterator[tuple[str, Any, dataclasses.Field]]:
+    """``(section.field, value, its dataclass field)`` of every field, in declaration order."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            yield f"{section.name}.{f.name}", getattr(values, f.name), f
 
 
 def _check_bounds(cfg: Config) -> None:
-    """Every number finite (floats are checked as they are read) and at most its bound."""
-    for path, value in cfg.flat().items():
-        limit = UPPER.get(path, DEFAULT_UPPER)
+    """Every number finite (floats are checked as they are read), at most its field's
+    ``upper`` and within its ``lower`` rule (all positive ones first, then the others)."""
+    for path, value, f in _rules(cfg):
+        limit = f.metadata.get("upper", DEFAULT_UPPER)
         for i, item in enumerate(value if isinstance(value, list) else [value]):
             if isinstance(item, bool) or not isinstance(item, int | float):
                 continue
@@ -304,6 +324,18 @@ def _check_bounds(cfg: Config) -> None:
             if item < -DEFAULT_UPPER:
                 raise ConfigError(f"{where}: {_show(item)} is below the limit of "
                                   f"{-DEFAULT_UPPER:g}")
+    for rule in LOWER:
+        for path, value, f in _rules(cfg):
+            if f.metadata.get("lower") == rule and not _meets(rule, value):
+                raise ConfigError(f"{path}: {LOWER[rule]}, got {value!r}")
+
+
+def _meets(rule: str, value: float) -> bool:
+    if rule == "positive":
+        return value > 0
+    if rule == "non-negative":
+        return value >= 0
+    return 0 <= value < 1 or (rule == "unit-or-one" and value == 1)
 
 
 def _show(value: int | float) -> str:
@@ -326,8 +358,7 @@ def parameter_count(m: ModelConfig) -> int:
     k, c, nf, g = m.num_images, m.image_channels, m.nf, m.growth
     relation = (k * (_dense_parameters(c, nf, g) + _dense_parameters(nf, c, g))
                 + k * 2 * (nf * nf + nf) + k * (k * nf * 9 * nf + nf))
-    channels = k * c * (4 if m.downscale != "none" else 1)
-    split = split_point(m)
+    channels, split = shapes(m).channels, shapes(m).split
     block = (_dense_parameters(channels - split, split, g)
              + 2 * _dense_parameters(split, channels - split, g))
     downscale = channels * channels if m.downscale != "none" else 0
@@ -335,36 +366,11 @@ def parameter_count(m: ModelConfig) -> int:
 
 
 def _validate(cfg: Config) -> None:
-    m, lo, o, d, t = cfg.model, cfg.loss, cfg.optim, cfg.data, cfg.train
+    m, o, d = cfg.model, cfg.optim, cfg.data
     _check_bounds(cfg)
-    positive = {
-        "model.num_images": m.num_images, "model.image_channels": m.image_channels,
-        "model.embed_channels": m.embed_channels, "model.blocks": m.blocks, "model.nf": m.nf,
-        "model.growth": m.growth, "data.step": d.step, "data.crop": d.crop,
-        "data.batch_size": d.batch_size, "data.shuffle_buffer": d.shuffle_buffer,
-        "train.steps": t.steps, "train.val_every": t.val_every,
-        "train.checkpoint_every": t.checkpoint_every, "train.log_every": t.log_every,
-        "optim.lr": o.lr, "loss.charbonnier_eps": lo.charbonnier_eps,
-    }
-    for path, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{path}: must be positive, got {value!r}")
-    for path, value in {"loss.lambda_emb": lo.lambda_emb, "loss.lambda_freq": lo.lambda_freq,
-                        "loss.lambda_res": lo.lambda_res, "loss.frame_balance": lo.frame_balance,
-                        "optim.weight_decay": o.weight_decay,
-                        "optim.grad_clip": o.grad_clip, "model.clamp": m.clamp,
-                        "data.loader_workers": d.loader_workers}.items():
-        if value < 0:
-            raise ConfigError(f"{path}: must not be negative, got {value!r}")
-    for path, value in {"optim.beta1": o.beta1, "optim.beta2": o.beta2,
-                        "optim.gamma": o.gamma}.items():
-        if not 0 <= value < 1 and not (path == "optim.gamma" and value == 1):
-            raise ConfigError(f"{path}: must lie in [0, 1), got {value!r}")
     if sorted(o.milestones) != o.milestones:
         raise ConfigError(f"optim.milestones: must be increasing, got {o.milestones!r}")
-    total = m.num_images * m.image_channels
-    if m.downscale != "none":
-        total *= 4
+    total = shapes(m).channels
     if total % m.embed_channels:
         raise ConfigError(
             f"model.embed_channels: {m.embed_channels} does not divide the {total} channels "
@@ -382,11 +388,8 @@ def _validate(cfg: Config) -> None:
         )
     if d.scale not in (2, 4, 8):
         raise ConfigError(f"data.scale: must be 2, 4 or 8, got {d.scale!r}")
-    factor = 2 if m.downscale != "none" else 1
-    if d.crop % factor:
+    if d.crop % shapes(m).scale:
         raise ConfigError(f"data.crop: {d.crop} is not a multiple of the downscaling factor 2")
-    if t.seed < 0:
-        raise ConfigError(f"train.seed: must not be negative, got {t.seed!r}")
     if len(o.milestones) > 10_000:
         raise ConfigError(f"optim.milestones: {len(o.milestones)} milestones exceed the limit "
                           "of 10000")
@@ -399,13 +402,35 @@ def _validate(cfg: Config) -> None:
             f"model.image_channels={m.image_channels})")
 
 
+@dataclass(frozen=True)
+class Shapes:
+    """The architecture's shapes as they follow from a :class:`ModelConfig`: the one place
+    they are derived (the network, :func:`parameter_count` and the importer of official
+    weights all read them here)."""
+
+    scale: int
+    """Spatial factor of the invertible downscaling: 2, or 1 without it."""
+    channels: int
+    """Channels entering the coupling blocks: K * C * scale**2."""
+    split: int
+    """Channel index m~ where each coupling block splits them (as in the authors' code): the
+    embedding's channels (its sub-bands with downscaling and order ``ref``), or every
+    image's low band (order ``hl``)."""
+
+
+def shapes(m: ModelConfig) -> Shapes:
+    """The :class:`Shapes` of ``m``."""
+    scale = 1 if m.downscale == "none" else 2
+    if m.downscale == "none" or m.order == "ref":
+        split = m.embed_channels * scale**2
+    else:
+        split = m.num_images * m.image_channels
+    return Shapes(scale, m.num_images * m.image_channels * scale**2, split)
+
+
 def split_point(m: ModelConfig) -> int:
-    """Channel index m~ where each coupling block splits its input (as in the authors' code)."""
-    if m.downscale == "none":
-        return m.embed_channels
-    if m.order == "ref":
-        return m.embed_channels * 4
-    return m.num_images * m.image_channels
+    """Channel index m~ where each coupling block splits its input (:attr:`Shapes.split`)."""
+    return shapes(m).split
 
 
 def _validate_distortion(cfg: Config) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from iicnet.model.config import Config, ModelConfig, split_point
+from iicnet.model.config import Config, ModelConfig, shapes
 from iicnet.model.modules import (
     ChannelSqueeze,
     CouplingStack,
@@ -48,8 +48,8 @@ class IICNet(nn.Module):
         m = dataclasses.replace(config.model if isinstance(config, Config) else config)
         self.config = m
         k, c = m.num_images, m.image_channels
-        self.scale = 1 if m.downscale == "none" else 2
-        channels = k * c * self.scale**2
+        shape = shapes(m)
+        self.scale, channels = shape.scale, shape.channels
 
         def relation() -> RelationModule:
             return RelationModule(k, c, m.nf, m.growth, m.relation_residual_scale, m.fused)
@@ -58,7 +58,7 @@ class IICNet(nn.Module):
         self.downscale = (
             InvertibleDownscale(k, c, m.downscale, m.order) if m.downscale != "none" else None
         )
-        self.coupling = CouplingStack(channels, split_point(m), m.blocks, m.growth, m.clamp,
+        self.coupling = CouplingStack(channels, shape.split, m.blocks, m.growth, m.clamp,
                                       m.memory_saving)
         self.squeeze = ChannelSqueeze(channels, m.embed_channels)
         self.inverse_relation = relation()

@@ -1,42 +1,53 @@
 """MLflow, and only here: tracking runs, logging and registering models, loading them back.
 
-``from iicnet import registry`` gives the functions of :mod:`iicnet.registry.models`;
-:mod:`iicnet.registry.pyfunc` is the file MLflow runs to serve a logged model.
+Callers import the package (``from iicnet import registry``), not its files:
+
+- :mod:`iicnet.registry.tracking`: which store, runs and what is logged into them;
+- :mod:`iicnet.registry.models`: checkpoints logged as MLflow models, and models loaded back;
+- :mod:`iicnet.registry.versions`: registered versions, aliases and promotion, and imported
+  weights registered;
+- :mod:`iicnet.registry.pyfunc`: the file MLflow runs to serve a logged model.
 """
 
 from iicnet.registry.models import (
     CHECKPOINT_ARTIFACT,
-    DEFAULT_ALIAS,
-    LOCAL_STORE,
     MODEL_NAME,
-    RANKED_BY,
-    RUN_NAME_TAG,
-    AliasClaim,
-    Tracker,
-    TrackingError,
-    check_tracking,
-    claim_alias,
-    experiment_id,
-    find_runs,
     load_model,
-    local_store,
-    log_datasets,
+    log_checkpoint,
     log_model,
     model_card,
     model_name,
-    promote,
+)
+from iicnet.registry.tracking import (
+    LOCAL_STORE,
+    RUN_NAME_TAG,
+    Tracker,
+    TrackingError,
+    check_tracking,
+    experiment_id,
+    find_runs,
+    local_store,
+    log_datasets,
     quiet_console,
     redact,
-    register,
-    registered_version,
     start_run,
     system_metrics,
     tracking_uri,
+)
+from iicnet.registry.versions import (
+    DEFAULT_ALIAS,
+    RANKED_BY,
+    AliasClaim,
+    claim_alias,
+    promote,
+    register,
+    register_import,
+    registered_version,
 )
 
 __all__ = ["CHECKPOINT_ARTIFACT", "DEFAULT_ALIAS", "LOCAL_STORE", "MODEL_NAME", "RANKED_BY",
            "RUN_NAME_TAG", "AliasClaim", "Tracker", "TrackingError", "check_tracking",
            "claim_alias", "experiment_id", "find_runs", "load_model", "local_store",
-           "log_datasets", "log_model", "model_card", "model_name", "promote",
-           "quiet_console", "redact", "register", "registered_version", "start_run",
-           "system_metrics", "tracking_uri"]
+           "log_checkpoint", "log_datasets", "log_model", "model_card", "model_name",
+           "promote", "quiet_console", "redact", "register", "register_import",
+           "registered_version", "start_run", "system_metrics", "tracking_uri"]

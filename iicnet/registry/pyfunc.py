@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from iicnet.convert import Converter, ModelSource
+from iicnet.convert import Converter, ModelSource, serving
 from iicnet.formats.checkpoint import load
 
 
@@ -46,7 +46,7 @@ class IICNetPyfunc(PythonModel):
 
     def predict(self, context, model_input, params=None):
         if hasattr(model_input, "to_dict") or isinstance(model_input, list):
-            return self.converter.handle(model_input)
+            return serving.handle(self.converter, model_input)
         x = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.uint8))
         mode = (params or {}).get("mode") or "auto"
         if mode == "auto":

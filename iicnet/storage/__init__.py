@@ -24,11 +24,12 @@ from iicnet.storage.objects import (
     read_bytes,
     register_gopen,
     remove,
+    sha256,
     write_bytes,
 )
 
 __all__ = [
     "S3_SCHEME", "S3Url", "StorageError", "absolute", "client", "endpoint_url", "exists",
     "gopen_s3", "is_s3", "join", "list_names", "open_read", "parse_s3", "put_file",
-    "read_bytes", "register_gopen", "remove", "write_bytes",
+    "read_bytes", "register_gopen", "remove", "sha256", "write_bytes",
 ]

@@ -1,6 +1,6 @@
 """Writing local files and folders so that nobody ever sees half of one.
 
-Every local writer in the project goes through these two context managers: the work is done
+Every local writer in the project goes through one of these three context managers: the work is done
 under a hidden temporary name beside the target and renamed onto it only when the block
 finishes; a block that raises (or a process that is killed) leaves the target as it was and
 only, at worst, a hidden ``.NAME.*.tmp`` beside it.

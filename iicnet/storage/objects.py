@@ -142,6 +142,20 @@ def _s3_errors(url: str) -> Iterator[None]:
         raise StorageError(f"{url}: {exc}") from exc
 
 
+def sha256(source: str | Path | IO[bytes]) -> str:
+    """The hex sha256 of a local file (by path) or of what is left in a readable binary
+    stream, read 1 MiB at a time (checkpoints and shards are large)."""
+    import hashlib
+
+    if isinstance(source, str | Path):
+        with open(source, "rb") as stream:
+            return sha256(stream)
+    digest = hashlib.sha256()
+    while chunk := source.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def read_bytes(url: str | Path) -> bytes:
     if not is_s3(url):
         return Path(url).read_bytes()

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from iicnet.formats.imagefiles import UndecodableImage, open_image
-from iicnet.model.config import Config, ConfigError
+from iicnet.model.config import Config, ConfigError, shapes
 
 Sample = dict[str, Any]
 log = logging.getLogger("iicnet.data")
@@ -115,7 +115,7 @@ class Task:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.num_images = cfg.model.num_images
-        self.factor = 2 if cfg.model.downscale != "none" else 1
+        self.factor = shapes(cfg.model).scale
         if cfg.model.image_channels != 3:
             raise ConfigError(f"model.image_channels: the {self.name} task reads RGB images; "
                               f"set 3, got {cfg.model.image_channels}")

@@ -525,8 +525,8 @@ CAPTION_BAND = 14
 """Pixels under each tile of a captioned grid for one line of PIL's default font."""
 
 PREVIEW_CROP = 256
-"""Side of the centre crop a training run's validation picture shows (issue 14: a size a
-person can judge); smaller images are shown whole."""
+"""Side of the centre crop a training run's validation picture shows (a size at which a
+person can judge the result in the MLflow UI); smaller images are shown whole."""
 
 
 def preview(model: IICNet, images: torch.Tensor, reference: torch.Tensor,
