@@ -19,6 +19,7 @@ from PIL import Image
 import iicnet
 from iicnet import zoo
 from iicnet.app import cli
+from iicnet.convert import serving
 from iicnet.formats import checkpoint
 from iicnet.model.metrics import psnr
 
@@ -87,8 +88,8 @@ def test_python_api_and_serving_requests(samples: Path):
     k = zoo.card(name)["num_images"]
     converter = iicnet.load(f"zoo:{name}", engine="torch")
     files = [base64.b64encode(p.read_bytes()).decode() for p in _clip(samples, k)]
-    (answer,) = converter.handle([{"images": files}])
-    (back,) = converter.handle([{"embedding": answer["embedding"]}])
+    (answer,) = serving.handle(converter, [{"images": files}])
+    (back,) = serving.handle(converter, [{"embedding": answer["embedding"]}])
     assert len(back["images"]) == k and back["names"] == converter.names
     direct = converter.restore(base64.b64decode(answer["embedding"]))
     served = [np.asarray(Image.open(io.BytesIO(base64.b64decode(b)))) for b in back["images"]]
