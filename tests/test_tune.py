@@ -137,7 +137,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep: S
                        "val/restored_psnr") == before["history"]
     assert "(resumed)" in sweep.resumed.stdout
     # Each stop sealed the Tune state in the parent run; the last seal matches what is there.
-    from ray_jobs.tune import STATE_TAG, state_digest
+    from ray_jobs.sweep_state import STATE_TAG, state_digest
 
     parent = child_runs(sweep.tracking)["parent"]
     assert parent.data.tags[STATE_TAG] == state_digest(str(sweep.storage), NAME, None)
