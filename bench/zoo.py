@@ -76,6 +76,8 @@ def held_out_scores(uri: str, cfg, data: str) -> dict:
 
     conv = iicnet.load(uri, device="cpu")
     order, names = natural_order(get_task(cfg), cfg.model.num_images)
+    stack_of = [order.index(j) for j in range(len(order))]  # natural frame -> stack position
+    centre = order[0]  # the reference's natural position
     emb, restored, copy = [], [], []
     for images, reference in held_out_windows(data, cfg):
         rows = tile_bounds(images.shape[-2], conv.tile, conv.multiple)
@@ -85,17 +87,15 @@ def held_out_scores(uri: str, cfg, data: str) -> dict:
         emb.append(float(psnr(e[None], to_uint8(reference)[None])))
         per_stack = psnr(back, images).tolist()
         per_copy = psnr(e[None].expand_as(images), images).tolist()
-        # stack position -> natural frame order
-        restored.append([per_stack[order.index(j)] for j in range(len(order))])
-        copy.append([per_copy[order.index(j)] for j in range(len(order))])
+        restored.append([per_stack[i] for i in stack_of])
+        copy.append([per_copy[i] for i in stack_of])
     n = len(emb)
     if not n:
         raise SystemExit(f"{data}: no held-out windows #{WINDOW} in val/test")
     frame_r = [sum(r[j] for r in restored) / n for j in range(len(names))]
     frame_c = [sum(c[j] for c in copy) / n for j in range(len(names))]
     margins = [r - c for r, c in zip(frame_r, frame_c, strict=True)]
-    reference = natural_order(get_task(cfg), cfg.model.num_images)[0][0]
-    side = [m for j, m in enumerate(margins) if j != reference]
+    side = [m for j, m in enumerate(margins) if j != centre]
     return {
         "measured_on": MEASURED_ON,
         "windows": n,
@@ -108,7 +108,7 @@ def held_out_scores(uri: str, cfg, data: str) -> dict:
         "worst_margin_db": round(min(side), 3),
         "worst_frame_psnr": round(min(frame_r), 3),
         "windows_with_a_frame_below_copy": sum(
-            any(r[j] < c[j] for j in range(len(names)) if j != reference)
+            any(r[j] < c[j] for j in range(len(names)) if j != centre)
             for r, c in zip(restored, copy, strict=True)),
     }
 

@@ -133,12 +133,9 @@ def _clip(bg_photo: Photo, fg_photo: Photo, root: Path, frames: int, seed: int):
     yield from samples.clip_frames(background, foreground, frames, seed=seed, zoom=zoom)
 
 
-def _save_clip(folder: Path, frames) -> int:
-    count = 0
+def _save_clip(folder: Path, frames) -> None:
     for index, frame in enumerate(frames):
         samples.save(frame, folder / f"{index:05d}.jpg", quality=90)
-        count += 1
-    return count
 
 
 def build(out: Path, root: Path = ROOT, progress=print) -> Path:
