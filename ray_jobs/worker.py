@@ -18,7 +18,8 @@ the driver process (on this host) still lives, and all ranks stop together when 
 
 Fault injection for tests: ``IICNET_FAULT_AT_STEP=N`` kills the last rank's process (SIGKILL)
 when it reaches step N, once: the file named by ``IICNET_FAULT_MARKER`` records that it
-happened (:func:`inject_fault`).
+happened (:func:`inject_fault`). ``IICNET_FAULT_STEP_S=S`` makes every step take at least S
+seconds (:func:`pace`), so that a test's notice or kill lands mid-run on a fast machine too.
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ def train_steps(job: dict[str, Any]) -> None:
         images, reference = next(batches)
         waited = time.perf_counter() - began
         result = trainer.train_step(images, reference)
+        pace(began)
         busy = time.perf_counter() - began
         if result.exploded:
             event = trainer.rollback(result.exploded)
@@ -383,6 +385,15 @@ def save_and_report(trainer, rank: int, metrics: dict[str, float]) -> None:
         trainer.save(directory)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                          checkpoint_dir_name=name)
+
+
+def pace(began: float) -> None:
+    """The pacing hook of the module docstring: sleep out the rest of a step that took less
+    than ``IICNET_FAULT_STEP_S`` seconds since ``began`` (``time.perf_counter``)."""
+    least = float(os.environ.get("IICNET_FAULT_STEP_S") or 0)
+    left = least - (time.perf_counter() - began)
+    if left > 0:
+        time.sleep(left)
 
 
 def inject_fault(step: int, rank: int, world: int) -> None:

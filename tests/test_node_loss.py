@@ -48,8 +48,10 @@ EVERY = 8
 """Checkpoint interval: the most a run may lose to a node lost without notice."""
 DEADLINE_S = 20
 STEP_S = 1.0
-"""About one step of the tiny model here: the no-notice kill lands at a random moment of the
-two steps that follow the run's progress check (IICNET_FAULT_SEED repeats a draw)."""
+"""The least time a step takes (``IICNET_FAULT_STEP_S``: the tiny model alone runs 48 steps in
+a few seconds on a fast machine, over before a notice could land); the no-notice kill lands at
+a random moment of the two steps that follow the run's progress check (IICNET_FAULT_SEED
+repeats a draw)."""
 
 
 def _check_checkpoints(s3: S3Server, bucket: str, where: Path) -> tuple[list[str], list[str]]:
@@ -148,6 +150,7 @@ def test_training_survives_a_drained_node_and_a_lost_one(
     # here the nodes take it from the environment they are started in.
     for variable in ("AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION"):
         monkeypatch.setenv(variable, "WHEN_REQUIRED")
+    monkeypatch.setenv("IICNET_FAULT_STEP_S", str(STEP_S))
     assert prep(["davis", "--root", str(samples / "davis"), "--out", f"{bucket}/davis",
                  "--shard-size", "1"]) == 0
     name = bucket.removeprefix("s3://")
