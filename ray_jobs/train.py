@@ -49,12 +49,12 @@ from typing import Any
 from iicnet.storage.arrow import ray_storage
 from ray_jobs import common, options
 from ray_jobs.options import DEFAULT_CONFIG
+from ray_jobs.registration import REGISTERED_TAG, register_directory, report_line
 from ray_jobs.worker import driver_alive, driver_identity, make_trainer
 
 RECIPE_TAG = "iicnet.recipe"
 """Run tag: a digest of what determines the trained weights (config, data manifests,
 workers, device), so a repeated default run is reused or resumed instead of redone."""
-REGISTERED_TAG = "iicnet.registered"
 DRIVER_TAG = "iicnet.driver"
 """Run tag: the driver's host, pid and start time, so workers and a later --resume can tell
 whether it still lives."""
@@ -192,9 +192,11 @@ def failure_summary(error: BaseException | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     from iicnet import registry
     from iicnet.model.config import ConfigError
+    from iicnet.registry import buffered
 
     args = parse_args(argv)
     registry.quiet_console()
+    buffered.bound_requests()  # before Ray starts: its workers inherit the bounds
     if args.num_workers < 1:
         return common.fail(f"--num-workers: must be at least 1, got {args.num_workers}")
     if args.max_failures < -1:
@@ -284,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             tracker.finish("FAILED")
             quiet_ray()
             return common.fail(f"training failed: {failure_summary(result.error)}\n{hint}")
-        summary = register(cfg, result, uri, run_id, data=data, force_alias=args.force_alias)
+        summary = register_or_defer(cfg, result, uri, run_id, data=data,
+                                    force_alias=args.force_alias,
+                                    on_s3=filesystem is not None)
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         quiet_ray()
@@ -295,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         tracker.finish("FAILED")
         raise
+    if summary is None:
+        return 0
     tracker.finish()
     report(summary, uri, name, result.path)
     return 0
@@ -338,26 +344,48 @@ def interruptible(call: Callable[[], Any]) -> Any:
     return outcome["result"]
 
 
+def register_or_defer(cfg, result, uri: str, run_id: str, *, data: str, force_alias: bool,
+                      on_s3: bool) -> dict[str, Any] | None:
+    """:func:`register`; when the tracking server does not answer, the registration (and the
+    run's end) go to the run's sync file instead, the console says how to send them, and
+    the result is None. The checkpoint stays where it is."""
+    from iicnet import registry
+    from iicnet.registry import buffered
+
+    scores = {k: v for k, v in result.metrics.items() if k.startswith("val/")}
+    step = result.metrics.get("step")
+    try:
+        return register(cfg, result, uri, run_id, data=data, force_alias=force_alias)
+    except Exception as exc:
+        if not buffered.unreachable(exc):
+            raise
+    def located(path: str) -> str:
+        return f"s3://{path}" if on_s3 else path
+
+    sync_file = located(f"{result.path}/{buffered.SYNC_FILE}")
+    checkpoint = located(result.checkpoint.path)
+    buffered.append_to_sync_file(sync_file, uri, run_id, [
+        {"kind": "register", "checkpoint": checkpoint, "scores": scores, "step": step,
+         "data": data, "force_alias": force_alias},
+        {"kind": "finish", "status": "FINISHED"}])
+    print(f"\nnot registered: the tracking server {registry.redact(uri)} does not answer; "
+          f"the checkpoint stays in {checkpoint}.\nregister it (and send what the run could "
+          f"not) once the server is back:\n  MLFLOW_TRACKING_URI={registry.redact(uri)} "
+          f"{common.command('python')} -m ray_jobs.sync_tracking {sync_file}",
+          file=sys.stderr, flush=True)
+    return None
+
+
 def register(cfg, result, uri: str, run_id: str, *, data: str, force_alias: bool = False
              ) -> dict[str, Any]:
     """Log the final checkpoint as a model and register it with its validation scores as
     version tags; alias ``candidate`` moves to it only if its restored PSNR beats the
     current holder's (:func:`iicnet.registry.claim_alias`) or ``force_alias``."""
-    from iicnet import registry
-
     scores = {k: v for k, v in result.metrics.items() if k.startswith("val/")}
     step = result.metrics.get("step")
-    name = registry.model_name(cfg.data.task)
     with result.checkpoint.as_directory() as directory:
-        model_uri = registry.log_checkpoint(uri, run_id, directory, metrics=scores, step=step)
-    card = registry.model_card(cfg, scores, data=data, step=step, run_id=run_id)
-    version = registry.register(uri, model_uri, name, alias=None, description=card, tags={
-        **{k: f"{v:.4f}" for k, v in scores.items()}, "step": str(step), "run_id": run_id})
-    claim = registry.claim_alias(uri, name, registry.DEFAULT_ALIAS, version, registry.RANKED_BY,
-                                 force=force_alias)
-    registry.Tracker(uri, run_id).tags({REGISTERED_TAG: f"models:/{name}/{version}"})
-    return {"name": name, "version": version, "alias": registry.DEFAULT_ALIAS,
-            "claim": claim, "model_uri": model_uri, "scores": scores}
+        return register_directory(cfg, directory, uri, run_id, scores=scores, step=step,
+                                  data=data, force_alias=force_alias)
 
 
 def report(summary: dict[str, Any], uri: str, run_name: str, path: str) -> None:
@@ -379,8 +407,7 @@ def report(summary: dict[str, Any], uri: str, run_name: str, path: str) -> None:
         f"SSIM {scores.get('val/embedding_ssim', float('nan')):.4f}",
         f"  restored  PSNR {scores.get('val/restored_psnr', float('nan')):.2f} dB, "
         f"SSIM {scores.get('val/restored_ssim', float('nan')):.4f}  (validation, RGB)",
-        f"registered: models:/{summary['name']}/{summary['version']}; "
-        f"{claim.describe('restored PSNR')}",
+        report_line(summary),
         f"MLflow UI:  {ui}",
     ]
     iicnet = common.command("iicnet")

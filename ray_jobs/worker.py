@@ -142,7 +142,6 @@ def train_steps(job: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from iicnet import registry
     from iicnet.data import make_loader
     from iicnet.model.config import from_dict
     from iicnet.training import Trainer, all_reduce_sum
@@ -160,7 +159,7 @@ def train_steps(job: dict[str, Any]) -> None:
     if job["threads"]:
         torch.set_num_threads(job["threads"])
     trainer = Trainer(cfg, ray.train.torch.get_device())
-    tracker = registry.Tracker(job["tracking_uri"], job["run_id"]) if rank == 0 else None
+    tracker = tracker_of(job) if rank == 0 else None
     if tracker:
         console_log()
         log.info("precision: %s on %s", trainer.precision, trainer.device)
@@ -244,6 +243,36 @@ def train_steps(job: dict[str, Any]) -> None:
             save_and_report(trainer, rank, {"step": step, **result.losses, **scores})
         if step % t.log_every == 0 and not final and not drained:
             drained = preempted(trainer, rank, tracker, step, saved, result.losses)
+    if tracker:
+        tracking_summary(tracker)
+
+
+def tracker_of(job: dict[str, Any]):
+    """Rank 0's tracker: MLflow calls bounded to seconds, and metrics that cannot be sent
+    buffered (then written to the run folder's sync file; :mod:`iicnet.registry.buffered`)."""
+    from iicnet.registry import buffered
+
+    buffered.bound_requests()
+    folder, filesystem = job["run"]
+    sync_file = f"{folder if filesystem is None else 's3://' + folder}/{buffered.SYNC_FILE}"
+    return buffered.BufferedTracker(job["tracking_uri"], job["run_id"], sync_file)
+
+
+def tracking_summary(tracker) -> None:
+    """Say at the end of training what reached MLflow and how to send the rest."""
+    from iicnet.registry import redact
+
+    left = tracker.close()
+    if left is None:
+        return
+    steps = sorted({e["step"] for e in tracker.pending if e["kind"] == "metrics"})
+    where = f"steps {steps[0]}-{steps[-1]}" if steps else "no metrics"
+    log.warning("tracking: metrics of %d step(s) reached MLflow at %s; not sent: %s (%d "
+                "item(s)%s) kept in %s. Send them once the server is back:\n  "
+                "MLFLOW_TRACKING_URI=%s python -m ray_jobs.sync_tracking %s",
+                len(tracker.sent_steps), redact(tracker.uri), where, len(tracker.pending),
+                f"; lost: {', '.join(tracker.dropped)}" if tracker.dropped else "", left,
+                redact(tracker.uri), left)
 
 
 def validation_picture(trainer, source: str, cfg):

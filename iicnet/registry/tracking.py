@@ -206,10 +206,10 @@ class Tracker:
 
         self._client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()])
 
-    def metrics(self, values: dict[str, float], step: int) -> None:
+    def metrics(self, values: dict[str, float], step: int, timestamp: int | None = None) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = timestamp or int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in values.items()]
         self._client.log_batch(self.run_id, metrics=batch)
 
