@@ -116,6 +116,22 @@ def test_the_version_loads_the_logged_models_weights(registered):
                                                  model.state_dict().values()))
 
 
+def test_the_versions_signature_has_the_inputs_and_outputs(registered):
+    import mlflow
+
+    uri, _, _, version, _ = registered
+    with process_tracking_uri(uri):
+        signature = mlflow.models.get_model_info(f"models:/{NAME}/{version}").signature
+    files = {"type": "array", "items": {"type": "string"}}
+    assert signature.inputs.to_dict() == [
+        {**files, "name": "images", "required": False},
+        {"type": "string", "name": "embedding", "required": False}]
+    assert signature.outputs.to_dict() == [
+        {"type": "string", "name": "embedding", "required": False},
+        {**files, "name": "images", "required": False},
+        {**files, "name": "names", "required": False}]
+
+
 def test_a_logged_models_name_says_what_it_is():
     _, cfg = tiny_model()
     assert registry.logged_model_name(cfg, "configs/video-k3-small.yaml") == "video-k3-small"

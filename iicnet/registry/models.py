@@ -153,16 +153,25 @@ def log_checkpoint(uri: str, run_id: str, directory: str | Path, *, name: str | 
 
 
 def _signature():
-    """Parameters only (see :mod:`iicnet.registry.pyfunc`): ``mode``, default ``auto``."""
+    """The records :mod:`iicnet.registry.pyfunc` answers, as MLflow's version page shows them:
+    ``images`` (K base64 image files) in, ``embedding`` (a base64 PNG) out, or the other way
+    round with the images' ``names``; each column optional, as each record has one side."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec
+    from mlflow.types import DataType
+    from mlflow.types.schema import Array, ColSpec, Schema
 
-    return ModelSignature(params=ParamSchema([ParamSpec("mode", "string", "auto")]))
+    files = Array(DataType.string)
+    return ModelSignature(
+        inputs=Schema([ColSpec(files, "images", required=False),
+                       ColSpec(DataType.string, "embedding", required=False)]),
+        outputs=Schema([ColSpec(DataType.string, "embedding", required=False),
+                        ColSpec(files, "images", required=False),
+                        ColSpec(files, "names", required=False)]))
 
 
 def _input_example(config: Config):
     """A serving request as the model page shows it: one record of K 32x32 RGB PNGs
-    (gradients, one hue each), base64; with its parameters."""
+    (gradients, one hue each), base64."""
     import base64
     import io
 
@@ -179,7 +188,7 @@ def _input_example(config: Config):
         buffer = io.BytesIO()
         Image.fromarray(pixels.round().astype(np.uint8)).save(buffer, format="PNG")
         images.append(base64.b64encode(buffer.getvalue()).decode())
-    return pd.DataFrame([{"images": images}]), {"mode": "auto"}
+    return pd.DataFrame([{"images": images}])
 
 
 def model_card(config: Config, scores: dict[str, float], *, data: str, step: int | None,
