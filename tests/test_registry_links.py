@@ -52,7 +52,10 @@ def registered(store: str, davis_shards: Path, tmp_path_factory: pytest.TempPath
     and registered: ``(uri, run_id, model_id, version, model)``."""
     model, cfg = tiny_model()
     saved = checkpoint.save(tmp_path_factory.mktemp("links") / "ckpt", model, cfg)
-    run_id = registry.start_run(store, "links", "tiny", cfg)
+    # A store opened here keeps artifacts where its experiment says (default: ./mlruns).
+    artifacts = (tmp_path_factory.mktemp("artifacts").as_uri() if store.startswith("sqlite:")
+                 else None)
+    run_id = registry.start_run(store, "links", "tiny", cfg, artifact_location=artifacts)
     registry.log_datasets(store, run_id, {"training": str(davis_shards)})
     before = (os.environ.get("MLFLOW_TRACKING_URI"), _explicit_uri())
     model_uri = registry.log_checkpoint(
