@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             tracker.finish("FAILED")
             quiet_ray()
             return common.fail(f"training failed: {failure_summary(result.error)}\n{hint}")
-        summary = register(cfg, result, uri, run_id, data=data, force_alias=args.force_alias)
+        summary = register(cfg, result, uri, run_id, data=data, force_alias=args.force_alias,
+                           config_file=args.config)
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         quiet_ray()
@@ -338,10 +339,11 @@ def interruptible(call: Callable[[], Any]) -> Any:
     return outcome["result"]
 
 
-def register(cfg, result, uri: str, run_id: str, *, data: str, force_alias: bool = False
-             ) -> dict[str, Any]:
-    """Log the final checkpoint as a model and register it with its validation scores as
-    version tags; alias ``candidate`` moves to it only if its restored PSNR beats the
+def register(cfg, result, uri: str, run_id: str, *, data: str, force_alias: bool = False,
+             config_file: str | None = None) -> dict[str, Any]:
+    """Log the final checkpoint as a model named for ``config_file``
+    (:func:`iicnet.registry.logged_model_name`) and register it with its validation scores
+    as version tags; alias ``candidate`` moves to it only if its restored PSNR beats the
     current holder's (:func:`iicnet.registry.claim_alias`) or ``force_alias``."""
     from iicnet import registry
 
@@ -349,7 +351,9 @@ def register(cfg, result, uri: str, run_id: str, *, data: str, force_alias: bool
     step = result.metrics.get("step")
     name = registry.model_name(cfg.data.task)
     with result.checkpoint.as_directory() as directory:
-        model_uri = registry.log_checkpoint(uri, run_id, directory, metrics=scores, step=step)
+        model_uri = registry.log_checkpoint(
+            uri, run_id, directory, name=registry.logged_model_name(cfg, config_file),
+            metrics=scores, step=step)
     card = registry.model_card(cfg, scores, data=data, step=step, run_id=run_id)
     version = registry.register(uri, model_uri, name, alias=None, description=card, tags={
         **{k: f"{v:.4f}" for k, v in scores.items()}, "step": str(step), "run_id": run_id})
