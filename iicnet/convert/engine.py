@@ -17,6 +17,7 @@ one-line note. Only this module imports OpenVINO.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -30,9 +31,11 @@ from torch import nn
 
 from iicnet.formats.imagefiles import InputError
 from iicnet.model import IICNet
+from iicnet.model.modules.downscale import InvertibleDownscale
 from iicnet.model.network import to_uint8
 
 ENGINES = ("auto", "torch", "openvino")
+PRECISIONS = ("f32", "bf16")
 log = logging.getLogger(__name__)
 
 
@@ -101,22 +104,37 @@ class _Direction(nn.Module):
 
 
 class OpenVinoEngine:
-    """The model's two float passes compiled by OpenVINO for the CPU, in float32."""
+    """The model's two float passes compiled by OpenVINO for the CPU.
+
+    ``precision`` is OpenVINO's inference precision: ``f32`` (the default) or ``bf16`` (on
+    CPUs with native bf16; see ``bench/results/inference-bf16-cpu.json`` for what it changes).
+    Each direction is compiled once per input shape: OpenVINO's CPU plugin runs a model whose
+    sizes are fixed at compile time markedly faster than the same model with dynamic sizes
+    (measured on the published video K=5 design, ``bench/inference.py --cli``), and compiling
+    one takes a fraction of a second against seconds for a tile.
+    """
 
     name = "openvino"
+    EXPORT = "torch.export"
+    """How the cached models were made; part of the cache key."""
 
-    def __init__(self, model: IICNet, fingerprint: str, cache: Path | None = None):
+    def __init__(self, model: IICNet, fingerprint: str, cache: Path | None = None,
+                 precision: str = "f32"):
         import openvino as ov
 
-        self.model, self.fingerprint = model, fingerprint
+        if precision not in PRECISIONS:
+            raise InputError(f"OpenVINO precision {precision}: expected one of "
+                             f"{', '.join(PRECISIONS)}")
+        self.model, self.fingerprint, self.precision = model, fingerprint, precision
         self.core = ov.Core()
         self.folder = (cache or cache_root()) / self.key(model, fingerprint, ov.get_version())
-        self._compiled: dict[str, object] = {}
+        self._read: dict[str, object] = {}
+        self._compiled: dict[tuple[str, tuple[int, ...]], object] = {}
 
-    @staticmethod
-    def key(model: IICNet, fingerprint: str, version: str) -> str:
+    @classmethod
+    def key(cls, model: IICNet, fingerprint: str, version: str) -> str:
         config = json.dumps(dataclasses.asdict(model.config), sort_keys=True, default=str)
-        digest = hashlib.sha256(f"{config}|{version}".encode()).hexdigest()[:12]
+        digest = hashlib.sha256(f"{config}|{version}|{cls.EXPORT}".encode()).hexdigest()[:12]
         return f"{fingerprint}-{digest}"
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -131,15 +149,26 @@ class OpenVinoEngine:
 
     def run(self, direction: str, x: torch.Tensor) -> torch.Tensor:
         """The float pass ``direction`` (embed or restore) on ``x``."""
-        compiled = self._compiled.get(direction)
+        compiled = self._compiled.get((direction, tuple(x.shape)))
         if compiled is None:
-            compiled = self._compiled[direction] = self.core.compile_model(
-                self.exported(direction), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            compiled = self._compiled[direction, tuple(x.shape)] = self._compile(direction,
+                                                                                 x.shape)
         result = compiled(x.contiguous().numpy())
         return torch.from_numpy(result[0].copy())
 
+    def _compile(self, direction: str, shape: torch.Size):
+        import openvino as ov
+
+        graph = self._read.get(direction)
+        if graph is None:
+            graph = self._read[direction] = self.core.read_model(self.exported(direction))
+        graph.reshape(ov.PartialShape(list(shape)))  # compile_model keeps its own copy
+        return self.core.compile_model(graph, "CPU",
+                                       {"INFERENCE_PRECISION_HINT": self.precision})
+
     def exported(self, direction: str) -> Path:
-        """The OpenVINO model of one direction, converted on first use and cached."""
+        """The OpenVINO model of one direction (height and width dynamic), converted on
+        first use through ``torch.export`` and cached."""
         path = self.folder / f"{direction}.xml"
         if path.is_file() and path.with_suffix(".bin").is_file():
             return path
@@ -150,22 +179,33 @@ class OpenVinoEngine:
         m = self.model.config
         if direction == "embed":
             example = torch.rand(1, m.num_images, m.image_channels, 64, 64)
-            shape = [1, m.num_images, m.image_channels, -1, -1]
         else:
             side = 64 // self.model.scale
             example = torch.rand(1, m.embed_channels, side, side)
-            shape = [1, m.embed_channels, -1, -1]
-        module = _Direction(self.model.cpu().eval(), direction)
-        # Tracing warns that the network's shape checks become constants; the exported
-        # graph takes any size (the dynamic shape above), and the converter checks the image
-        # count and pads the sizes before it calls an engine: nothing a user can act on.
+        sizes = {example.dim() - 2: torch.export.Dim.AUTO, example.dim() - 1: torch.export.Dim.AUTO}
+        module = _Direction(_frozen(self.model), direction)
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            converted = ov.convert_model(module, example_input=example,
-                                         input=[ov.PartialShape(shape)])
+            # torch 2.13 deep-copies its own pytree leaf specs while decomposing the exported
+            # program (which OpenVINO's converter asks for), and constructing a copy trips
+            # the deprecation it put on the LeafSpec class itself: nothing in this code, or
+            # in what a user passes, uses the deprecated class.
+            warnings.filterwarnings("ignore", category=FutureWarning,
+                                    message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            program = torch.export.export(module, (example,), dynamic_shapes={"x": sizes})
+            converted = ov.convert_model(program)
+        converted.reshape(ov.PartialShape([*example.shape[:-2], -1, -1]))
         with adding(self.folder) as tmp:
             ov.save_model(converted, tmp / path.name, compress_to_fp16=False)
         return path
+
+
+def _frozen(model: IICNet) -> IICNet:
+    """An evaluating CPU copy of ``model`` with its inverse mixing matrices precomputed."""
+    frozen = copy.deepcopy(model).cpu().eval()
+    for module in frozen.modules():
+        if isinstance(module, InvertibleDownscale):
+            module.freeze()
+    return frozen
 
 
 def make(engine: str, model: IICNet, device: torch.device, fingerprint: str
