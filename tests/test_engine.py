@@ -73,6 +73,20 @@ needs_openvino = pytest.mark.skipif(not engines.openvino_available(),
 """Converting a model for OpenVINO takes tens of seconds on 2 cores: these tests are slow."""
 
 
+@needs_openvino
+def test_openvino_precision_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path):
+    monkeypatch.setenv("IICNET_CACHE", str(tmp_path))
+    model, _ = tiny_model()
+    monkeypatch.delenv("IICNET_OPENVINO_PRECISION", raising=False)
+    assert engines.make("openvino", model, CPU, "fp").precision == engines.DEFAULT_PRECISION
+    monkeypatch.setenv("IICNET_OPENVINO_PRECISION", "bf16")
+    assert engines.make("openvino", model, CPU, "fp").precision == "bf16"
+    monkeypatch.setenv("IICNET_OPENVINO_PRECISION", "fp8")
+    with pytest.raises(InputError, match="IICNET_OPENVINO_PRECISION=fp8: expected one of f32"):
+        engines.make("openvino", model, CPU, "fp")
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ov-cache")

@@ -36,6 +36,8 @@ from iicnet.model.network import to_uint8
 
 ENGINES = ("auto", "torch", "openvino")
 PRECISIONS = ("f32", "bf16")
+DEFAULT_PRECISION = "f32"
+"""OpenVINO's inference precision unless ``$IICNET_OPENVINO_PRECISION`` names another."""
 log = logging.getLogger(__name__)
 
 
@@ -212,5 +214,9 @@ def make(engine: str, model: IICNet, device: torch.device, fingerprint: str
          ) -> TorchEngine | OpenVinoEngine:
     """The engine :func:`choose` picks, ready to run ``model``."""
     if choose(engine, device) == "openvino":
-        return OpenVinoEngine(model, fingerprint)
+        precision = os.environ.get("IICNET_OPENVINO_PRECISION") or DEFAULT_PRECISION
+        if precision not in PRECISIONS:
+            raise InputError(f"IICNET_OPENVINO_PRECISION={precision}: expected one of "
+                             f"{', '.join(PRECISIONS)}")
+        return OpenVinoEngine(model, fingerprint, precision=precision)
     return TorchEngine(model)
