@@ -374,6 +374,23 @@ def _bf16_models():
     yield "zoo:video-k3-m (trained)", model, cfg
 
 
+def _bf16_decision(rows: list[dict]) -> str:
+    """Why OpenVINO's default precision is what it is, from the measured rows."""
+    failing = [r for r in rows if not r["within_limits"]]
+    if not failing:
+        return "bf16 by default: every model within the limits"
+    worst = max(failing, key=lambda r: r["embedding_f32_vs_bf16"]["fraction_differing"])
+    e, limits = worst["embedding_f32_vs_bf16"], BF16_LIMITS
+    speedups = [r["speedup_bf16"] for r in rows]
+    return (f"float32 kept: bf16 moves the embedding PNG by up to {e['max']} levels on "
+            f"{e['fraction_differing']:.2%} of its values ({worst['model']}; the limit is "
+            f"{limits['embedding_max']} level on {limits['embedding_fraction_differing']:g}), "
+            "though restored PSNR moves by at most "
+            f"{max(abs(r['restored_psnr_change_db']) for r in rows):.4f} dB and it runs "
+            f"{min(speedups):.1f}-{max(speedups):.1f}x faster; opt in with "
+            "IICNET_OPENVINO_PRECISION=bf16")
+
+
 def bf16_main(args: argparse.Namespace) -> int:
     from iicnet.convert import DEFAULT_TILE, Converter, ModelSource, tile_bounds
     from iicnet.convert.engine import OpenVinoEngine
@@ -431,6 +448,7 @@ def bf16_main(args: argparse.Namespace) -> int:
                     "load_average_after": load_after, "note": load_note(load_before, load_after)},
         "results": rows_out,
         "bf16_by_default": all(r["within_limits"] for r in rows_out),
+        "decision": _bf16_decision(rows_out),
     }
     out = Path(__file__).resolve().parent / "results" / "inference-bf16-cpu.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
