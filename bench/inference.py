@@ -587,7 +587,7 @@ def main() -> int:
         "results": results,
         "speedup_fast": (results["straightforward"]["embed_restore_s"]
                          / results["fast"]["embed_restore_s"]),
-        "outputs_identical": results["fast"]["checksum"] == results["straightforward"]["checksum"],
+        "checksums_equal": results["fast"]["checksum"] == results["straightforward"]["checksum"],
     }
     out = Path(__file__).resolve().parent / "results" / f"inference-{device}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")

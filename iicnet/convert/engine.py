@@ -6,13 +6,14 @@ runs the float passes (``embed`` and ``restore``) as OpenVINO models and rounds 
 exactly as the torch model does, so the two differ only by float rounding inside the network
 (about 1e-6; see ``tests/test_engine.py``).
 
-Each direction is converted once per model, with height and width left dynamic so that one
-conversion serves every tile size, and kept in the user cache (``$IICNET_CACHE/openvino``,
-default ``~/.cache/iicnet/openvino``) under a key made of the weights' fingerprint, the
-model's configuration and the OpenVINO version; the files are written under a temporary
-name and renamed, so a cache entry is whole or absent. OpenVINO is an optional extra
-(``pip install 'iicnet[fast]'``); asking for it without it installed runs torch after a
-one-line note. Only this module imports OpenVINO.
+Each direction is exported once per model through ``torch.export`` and OpenVINO's converter,
+with height and width left dynamic so that one conversion serves every tile size (each size
+is then compiled for itself, in a fraction of a second), and kept in the user cache
+(``$IICNET_CACHE/openvino``, default ``~/.cache/iicnet/openvino``) under a key made of the
+weights' fingerprint, the model's configuration, the OpenVINO version and the export path;
+the files are written under a temporary name and renamed, so a cache entry is whole or
+absent. OpenVINO is an optional extra (``pip install 'iicnet[fast]'``); asking for it
+without it installed runs torch after a one-line note. Only this module imports OpenVINO.
 """
 
 from __future__ import annotations
