@@ -17,7 +17,7 @@ PY=${PY:-.venv/bin/python}
 steps=(
   "270 train_step.py --device cuda --steps 5 --compile"
   "90 inference.py --device cuda --repeats 3"
-  "120 precision.py --steps 100"
+  "120 precision.py --device cuda --steps 100"
 )
 
 probe='import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
@@ -29,7 +29,7 @@ if [[ -z "$card" ]]; then
     read -r limit cmd <<<"$s"
     echo "  timeout ${limit}s $PY bench/$cmd"
   done
-  "$PY" bench/precision.py --steps 100
+  "$PY" bench/precision.py --device cuda --steps 100
   echo "and write bench/results/train_step-cuda.json, inference-cuda.json, precision-cuda.json."
   exit 0
 fi

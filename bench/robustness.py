@@ -39,6 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+from local_training import train_here  # noqa: E402
 from machine import describe  # noqa: E402
 
 from iicnet.app.evaluation import evaluate  # noqa: E402
@@ -71,30 +72,10 @@ def configure(path: Path, steps: int) -> Config:
 
 def train(cfg: Config, shards: str, name: str) -> tuple[Trainer, dict]:
     trainer = Trainer(cfg)
-    batches = iter(make_loader(shards, cfg, split="train", train=True, resampled=True,
-                               seed=cfg.train.seed))
-    began = time.perf_counter()
-    losses: list[float] = []
-    rollbacks = 0
-    while trainer.step < cfg.train.steps:
-        images, reference = next(batches)
-        result = trainer.train_step(images, reference)
-        if result.exploded:
-            trainer.rollback(result.exploded)
-            rollbacks += 1
-            continue
-        losses.append(result.losses["loss/total"])
-        if trainer.step % cfg.train.log_every == 0:
-            spent = time.perf_counter() - began
-            recent = losses[-cfg.train.log_every:]
-            print(f"{name}: step {trainer.step}/{cfg.train.steps} loss "
-                  f"{sum(recent) / len(recent):.4f} ({spent:.0f} s)", flush=True)
-    wall = time.perf_counter() - began
-    tail = losses[-50:]
-    return trainer, {"steps": trainer.step, "wall_s": round(wall, 1),
-                     "s_per_step": round(wall / max(trainer.step, 1), 3),
-                     "final_loss_mean_last_50": round(sum(tail) / len(tail), 5),
-                     "rollbacks": rollbacks}
+    batches = make_loader(shards, cfg, split="train", train=True, resampled=True,
+                          seed=cfg.train.seed)
+    done = train_here(trainer, batches, cfg.train.steps, name, cfg.train.log_every)
+    return trainer, done.summary(trainer.step)
 
 
 def score(trainer: Trainer, cfg: Config, shards: str, crop: int, name: str) -> dict:
@@ -199,7 +180,7 @@ def main() -> int:
         del trainer
     base_cfg = configure(MODELS["baseline"], args.steps)
     result = {
-        "benchmark": "restoring from JPEG: a baseline and a JPEG-trained model (issue 17)",
+        "benchmark": "restoring from JPEG: a baseline and a JPEG-trained model",
         "models": models,
         "check": check(models),
         "setup": {

@@ -66,50 +66,35 @@ def held_out_windows(data: str, cfg):
 
 
 def held_out_scores(uri: str, cfg, data: str) -> dict:
-    """Full-frame held-out scores through the converter ``iicnet eval`` uses (tiled, best
-    engine), per frame with the copy baseline (the embedding taken as that frame)."""
+    """Full-frame held-out scores by ``iicnet eval``'s scorer
+    (:func:`iicnet.app.evaluation.evaluate`, through the converter: tiled, best engine), per
+    frame with the copy baseline (the embedding taken as that frame), frames in natural
+    order."""
     import iicnet
-    from iicnet.convert import tile_bounds
-    from iicnet.model import to_uint8
-    from iicnet.model.metrics import psnr
-    from iicnet.tasks import get_task, natural_order
+    from iicnet.app.evaluation import evaluate
 
     conv = iicnet.load(uri, device="cpu")
-    order, names = natural_order(get_task(cfg), cfg.model.num_images)
-    stack_of = [order.index(j) for j in range(len(order))]  # natural frame -> stack position
-    centre = order[0]  # the reference's natural position
-    emb, restored, copy = [], [], []
-    for images, reference in held_out_windows(data, cfg):
-        rows = tile_bounds(images.shape[-2], conv.tile, conv.multiple)
-        cols = tile_bounds(images.shape[-1], conv.tile, conv.multiple)
-        e = conv.encode_stack(images, rows, cols)
-        back = conv.decode_stack(e, rows, cols)
-        emb.append(float(psnr(e[None], to_uint8(reference)[None])))
-        per_stack = psnr(back, images).tolist()
-        per_copy = psnr(e[None].expand_as(images), images).tolist()
-        restored.append([per_stack[i] for i in stack_of])
-        copy.append([per_copy[i] for i in stack_of])
-    n = len(emb)
-    if not n:
+    result = evaluate(conv, held_out_windows(data, cfg), tile=conv.tile)
+    if not result.items:
         raise SystemExit(f"{data}: no held-out windows #{WINDOW} in val/test")
-    frame_r = [sum(r[j] for r in restored) / n for j in range(len(names))]
-    frame_c = [sum(c[j] for c in copy) / n for j in range(len(names))]
-    margins = [r - c for r, c in zip(frame_r, frame_c, strict=True)]
-    side = [m for j, m in enumerate(margins) if j != centre]
+    scores = result.to_dict()
+    names, centre = conv.names, conv.order[0]  # centre: the reference's natural position
+    frame_r = [scores["images"][name]["psnr"] for name in names]
+    copies = [scores["copy"][name] for name in names]
+    side = [c["margin_db"] for j, c in enumerate(copies) if j != centre]
+    r = lambda x: round(x, 3)  # noqa: E731
     return {
         "measured_on": MEASURED_ON,
-        "windows": n,
-        "embedding_psnr": round(sum(emb) / n, 3),
-        "restored_psnr": round(sum(map(sum, restored)) / (n * len(names)), 3),
+        "windows": result.items,
+        "embedding_psnr": r(scores["embedding"]["psnr"]),
+        "restored_psnr": r(scores["restored"]["psnr"]),
         "frames": names,
-        "restored_psnr_per_frame": [round(v, 3) for v in frame_r],
-        "copy_psnr_per_frame": [round(v, 3) for v in frame_c],
-        "margin_db_per_frame": [round(v, 3) for v in margins],
-        "worst_margin_db": round(min(side), 3),
-        "worst_frame_psnr": round(min(frame_r), 3),
-        "windows_with_a_frame_below_copy": sum(
-            any(r[j] < c[j] for j in range(len(names)) if j != centre)
-            for r, c in zip(restored, copy, strict=True)),
+        "restored_psnr_per_frame": [r(v) for v in frame_r],
+        "copy_psnr_per_frame": [r(c["psnr"]) for c in copies],
+        "margin_db_per_frame": [r(c["margin_db"]) for c in copies],
+        "worst_margin_db": r(min(side)),
+        "worst_frame_psnr": r(min(frame_r)),
+        "windows_with_a_frame_below_copy": scores["items_with_a_side_image_below_copy"],
     }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 from data_prep import davis, div2k, flickr1024, folder, matting, photos, samples
-from data_prep.shards import PrepError, write_dataset
+from data_prep.shards import OutputError, PrepError, write_dataset
 from iicnet.storage import StorageError
 
 LAYOUTS: dict[str, ModuleType] = {
@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         write_dataset(module.NAME, splits, module.pack, args.out,
                       shard_size=args.shard_size, strict=args.strict, workers=args.workers,
                       options=layout_options(args))
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (PrepError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -36,7 +36,7 @@ import sys
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +59,24 @@ _STALE = re.compile(r"(^|/)\.[^/]+\.\d+\.[0-9a-f]{8}\.tmp$")
 
 class PrepError(Exception):
     """Data preparation cannot go on (bad root, or a bad file under --strict)."""
+
+
+class OutputError(PrepError):
+    """The output cannot be written (a full disk, a quota, a read-only place): the command
+    stops with exit 2; finished shards stay and are reused by a rerun."""
+
+
+@contextlib.contextmanager
+def _writing(target: str) -> Iterator[None]:
+    """Turn an OSError while writing ``target`` into an OutputError naming it."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write it ({exc.strerror or exc}); the shards "
+                          f"finished so far are kept, and a rerun with space reuses them"
+                          ) from exc
 
 
 @dataclass
@@ -174,7 +192,8 @@ def _record_url(out: str, name: str) -> str:
 def prepare_output(out: str) -> set[str]:
     """Create ``out`` if local, delete temporary files a crashed run left; list its files."""
     if not storage.is_s3(out):
-        Path(out).mkdir(parents=True, exist_ok=True)
+        with _writing(out):
+            Path(out).mkdir(parents=True, exist_ok=True)
     names = storage.list_names(out)
     for name in [n for n in names if _STALE.search(n)]:
         storage.remove(storage.join(out, name))
@@ -204,7 +223,8 @@ def write_shard(plan: ShardPlan, pack: Packer, out: str, report: Report,
         samples.extend(packed)
         if progress is not None:
             progress(1)
-    with contextlib.ExitStack() as stack:
+    target = storage.join(out, plan.name)
+    with _writing(target), contextlib.ExitStack() as stack:
         if storage.is_s3(out):
             staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shard-")))
         else:
@@ -212,10 +232,11 @@ def write_shard(plan: ShardPlan, pack: Packer, out: str, report: Report,
         with replacing(staging / plan.name) as tmp:
             size, sha = _write_tar(tmp, samples)
             if storage.is_s3(out):
-                storage.put_file(tmp, storage.join(out, plan.name))
+                storage.put_file(tmp, target)
     record = {"items": plan.fingerprint, "samples": len(samples), "bytes": size, "sha256": sha,
               "skipped": [vars(b) for b in report.bad[bad_before:]]}
-    storage.write_bytes(_record_url(out, plan.name), json.dumps(record, indent=1).encode())
+    with _writing(_record_url(out, plan.name)):
+        storage.write_bytes(_record_url(out, plan.name), json.dumps(record, indent=1).encode())
     return record
 
 
@@ -236,7 +257,9 @@ def write_manifest(source: str, plans: list[ShardPlan], records: dict[str, dict[
         "options": options or {}, "splits": splits,
         "skipped": [bad for plan in plans for bad in records[plan.name]["skipped"]],
     }
-    storage.write_bytes(storage.join(out, MANIFEST), json.dumps(manifest, indent=1).encode())
+    with _writing(storage.join(out, MANIFEST)):
+        storage.write_bytes(storage.join(out, MANIFEST),
+                            json.dumps(manifest, indent=1).encode())
     return manifest
 
 

@@ -10,14 +10,17 @@ REGISTERED_TAG = "iicnet.registered"
 
 def register_directory(cfg, directory: str, uri: str, run_id: str, *,
                        scores: dict[str, float], step: int | None, data: str,
-                       force_alias: bool = False) -> dict[str, Any]:
+                       force_alias: bool = False, model_name: str | None = None
+                       ) -> dict[str, Any]:
     """Log checkpoint folder ``directory`` as a model and register it (see
     ``ray_jobs.train.register``; also what a sync file's deferred
-    registration runs, :mod:`ray_jobs.sync_tracking`)."""
+    registration runs, :mod:`ray_jobs.sync_tracking`), the logged model named
+    ``model_name``."""
     from iicnet import registry
 
     name = registry.model_name(cfg.data.task)
-    model_uri = registry.log_checkpoint(uri, run_id, directory, metrics=scores, step=step)
+    model_uri = registry.log_checkpoint(uri, run_id, directory, name=model_name,
+                                        metrics=scores, step=step)
     card = registry.model_card(cfg, scores, data=data, step=step, run_id=run_id)
     version = registry.register(uri, model_uri, name, alias=None, description=card, tags={
         **{k: f"{v:.4f}" for k, v in scores.items()}, "step": str(step), "run_id": run_id})

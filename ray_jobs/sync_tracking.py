@@ -54,7 +54,8 @@ def registered(uri: str, run_id: str, entry: dict) -> None:
     cfg = from_dict(json.loads(config_file.read_text()), str(config_file))
     summary = register_directory(cfg, str(directory), uri, run_id, scores=entry["scores"],
                                  step=entry["step"], data=entry["data"],
-                                 force_alias=entry.get("force_alias", False))
+                                 force_alias=entry.get("force_alias", False),
+                                 model_name=entry.get("model_name"))
     print(report_line(summary), flush=True)
 
 

@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             quiet_ray()
             return common.fail(f"training failed: {failure_summary(result.error)}\n{hint}")
         summary = register_or_defer(cfg, result, uri, run_id, data=data,
-                                    force_alias=args.force_alias,
+                                    force_alias=args.force_alias, config_file=args.config,
                                     on_s3=filesystem is not None)
     except KeyboardInterrupt:
         tracker.finish("KILLED")
@@ -345,7 +345,7 @@ def interruptible(call: Callable[[], Any]) -> Any:
 
 
 def register_or_defer(cfg, result, uri: str, run_id: str, *, data: str, force_alias: bool,
-                      on_s3: bool) -> dict[str, Any] | None:
+                      config_file: str | None, on_s3: bool) -> dict[str, Any] | None:
     """:func:`register`; when the tracking server does not answer, the registration (and the
     run's end) go to the run's sync file instead, the console says how to send them, and
     the result is None. The checkpoint stays where it is."""
@@ -355,10 +355,12 @@ def register_or_defer(cfg, result, uri: str, run_id: str, *, data: str, force_al
     scores = {k: v for k, v in result.metrics.items() if k.startswith("val/")}
     step = result.metrics.get("step")
     try:
-        return register(cfg, result, uri, run_id, data=data, force_alias=force_alias)
+        return register(cfg, result, uri, run_id, data=data, force_alias=force_alias,
+                        config_file=config_file)
     except Exception as exc:
         if not buffered.unreachable(exc):
             raise
+
     def located(path: str) -> str:
         return f"s3://{path}" if on_s3 else path
 
@@ -366,7 +368,8 @@ def register_or_defer(cfg, result, uri: str, run_id: str, *, data: str, force_al
     checkpoint = located(result.checkpoint.path)
     buffered.append_to_sync_file(sync_file, uri, run_id, [
         {"kind": "register", "checkpoint": checkpoint, "scores": scores, "step": step,
-         "data": data, "force_alias": force_alias},
+         "data": data, "force_alias": force_alias,
+         "model_name": registry.logged_model_name(cfg, config_file)},
         {"kind": "finish", "status": "FINISHED"}])
     print(f"\nnot registered: the tracking server {registry.redact(uri)} does not answer; "
           f"the checkpoint stays in {checkpoint}.\nregister it (and send what the run could "
@@ -376,16 +379,20 @@ def register_or_defer(cfg, result, uri: str, run_id: str, *, data: str, force_al
     return None
 
 
-def register(cfg, result, uri: str, run_id: str, *, data: str, force_alias: bool = False
-             ) -> dict[str, Any]:
-    """Log the final checkpoint as a model and register it with its validation scores as
-    version tags; alias ``candidate`` moves to it only if its restored PSNR beats the
+def register(cfg, result, uri: str, run_id: str, *, data: str, force_alias: bool = False,
+             config_file: str | None = None) -> dict[str, Any]:
+    """Log the final checkpoint as a model named for ``config_file``
+    (:func:`iicnet.registry.logged_model_name`) and register it with its validation scores
+    as version tags; alias ``candidate`` moves to it only if its restored PSNR beats the
     current holder's (:func:`iicnet.registry.claim_alias`) or ``force_alias``."""
+    from iicnet import registry
+
     scores = {k: v for k, v in result.metrics.items() if k.startswith("val/")}
     step = result.metrics.get("step")
     with result.checkpoint.as_directory() as directory:
         return register_directory(cfg, directory, uri, run_id, scores=scores, step=step,
-                                  data=data, force_alias=force_alias)
+                                  data=data, force_alias=force_alias,
+                                  model_name=registry.logged_model_name(cfg, config_file))
 
 
 def report(summary: dict[str, Any], uri: str, run_name: str, path: str) -> None:

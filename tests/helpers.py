@@ -1,10 +1,15 @@
-"""Shared test helpers: perturbing a network, the environment of a job subprocess."""
+"""Shared test helpers: perturbing a network, the environment of a job subprocess, a small
+or read-only filesystem to write into."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -26,3 +31,24 @@ def job_env(base: Path, tracking: str, **extra: str) -> dict[str, str]:
            "RAY_USAGE_STATS_ENABLED": "0", **extra}
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+@contextmanager
+def tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """Mount a tmpfs on ``folder`` (created) with mount ``options`` (``size=2m``,
+    ``ro,size=1m``) for the block: a full or read-only disk for real. Mounting needs root;
+    the test is skipped where it cannot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def resize_tmpfs(folder: Path, size: str) -> None:
+    """Give a mounted :func:`tmpfs` a new size (e.g. room for a rerun)."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)

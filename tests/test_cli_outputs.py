@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from iicnet.formats import checkpoint
+from tests.helpers import tmpfs
 from tests.test_cli import embed, run
 from tests.test_convert import ROOT, photo_clip, tiny_model
 
@@ -286,16 +287,8 @@ def test_a_damaged_model_folder_is_a_message_with_exit_2(capsys, ckpt: Path, fra
 @pytest.fixture
 def read_only_folder(tmp_path: Path):
     """A read-only filesystem (a tmpfs mounted ro; needs root, skipped elsewhere)."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a read-only filesystem here")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_a_read_only_filesystem_is_a_message(capsys, ckpt: Path, frames: list[Path],

@@ -20,6 +20,7 @@ from iicnet.data import make_dataset, make_loader
 from iicnet.formats.shards import read_manifest
 from iicnet.model.config import from_dict
 from iicnet.storage.atomic import temp_name
+from tests.helpers import resize_tmpfs, tmpfs
 
 SAMPLES_PER_SPLIT = {
     "davis": {"train": 4, "val": 2, "test": 2},
@@ -272,3 +273,36 @@ def test_an_undecodable_file_gives_the_same_reason_in_every_run(tmp_path):
         reasons.add(str(caught.value))
     (reason,) = reasons
     assert reason.startswith("does not decode (") and "0x" not in reason, reason
+
+
+def test_a_full_disk_stops_with_exit_2_and_a_rerun_with_space_resumes(samples, tmp_path):
+    """A real full disk (a small tmpfs): one message naming the shard and the reason, exit 2,
+    only whole shards under final names, no manifest; given room, a rerun reuses them."""
+    with tmpfs(tmp_path / "small", "size=160k") as small:
+        out = small / "out"
+        command = [sys.executable, "-m", "data_prep", "folder", "--root",
+                   str(samples / "folder"), "--out", str(out), "--shard-size", "1"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "No space left on device" in errors[0]
+        failed = errors[0].split()[1].rstrip(":")
+        assert failed.startswith(str(out)) and failed.endswith(".tar")
+        assert not (out / "manifest.json").exists() and not Path(failed).exists()
+        kept = sorted(p.name for p in out.glob("*.tar"))
+        assert kept, "the disk should hold some shards before it fills"
+        assert not [p for p in out.rglob(".*.tmp")]
+        for name in kept:  # each kept shard is whole: its record's sha256 matches
+            record = json.loads((out / ".progress" / f"{name}.json").read_text())
+            assert storage.sha256(out / name) == record["sha256"]
+        stamps = {name: (out / name).stat().st_mtime_ns for name in kept}
+
+        resize_tmpfs(small, "8m")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert f"{len(kept)} finished shards reused" in done.stderr
+        assert {name: (out / name).stat().st_mtime_ns for name in kept} == stamps
+        manifest = read_manifest(str(out))
+        listed = [s["name"] for split in manifest["splits"].values() for s in split["shards"]]
+        assert sorted(listed) == sorted(p.name for p in out.glob("*.tar")) and len(listed) == 12

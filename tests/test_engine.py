@@ -73,6 +73,20 @@ needs_openvino = pytest.mark.skipif(not engines.openvino_available(),
 """Converting a model for OpenVINO takes tens of seconds on 2 cores: these tests are slow."""
 
 
+@needs_openvino
+def test_openvino_precision_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path):
+    monkeypatch.setenv("IICNET_CACHE", str(tmp_path))
+    model, _ = tiny_model()
+    monkeypatch.delenv("IICNET_OPENVINO_PRECISION", raising=False)
+    assert engines.make("openvino", model, CPU, "fp").precision == engines.DEFAULT_PRECISION
+    monkeypatch.setenv("IICNET_OPENVINO_PRECISION", "bf16")
+    assert engines.make("openvino", model, CPU, "fp").precision == "bf16"
+    monkeypatch.setenv("IICNET_OPENVINO_PRECISION", "fp8")
+    with pytest.raises(InputError, match="IICNET_OPENVINO_PRECISION=fp8: expected one of f32"):
+        engines.make("openvino", model, CPU, "fp")
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ov-cache")
@@ -159,3 +173,26 @@ def test_cli_engines_agree_to_rounding(tmp_path: Path, monkeypatch: pytest.Monke
         diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
         print(f"torch vs openvino: max {diff.max()}, {(diff > 0).mean():.5%} differ")
         assert diff.max() <= 1 and (diff > 0).mean() <= 0.001
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_openvino_export_raises_no_deprecation(tmp_path: Path):
+    """Both directions exported with deprecation and future warnings turned into errors (the
+    tracer's deprecation failed here), then run on two sizes against torch's floats."""
+    import warnings
+
+    model, _ = tiny_model("video-k3-x2.yaml")
+    ovm = engines.OpenVinoEngine(model, "tiny-x2-warnings", tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", FutureWarning)
+        for direction in ("embed", "restore"):
+            ovm.exported(direction)
+    for h, w in ((32, 48), (40, 24)):
+        clip = torch.rand(1, 3, 3, h, w)
+        with torch.no_grad():
+            embedding = model.embed(clip)
+            restored = model.restore(embedding)
+        assert (ovm.run("embed", clip) - embedding).abs().max() < FLOAT_TOLERANCE
+        assert (ovm.run("restore", embedding) - restored).abs().max() < FLOAT_TOLERANCE

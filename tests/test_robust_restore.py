@@ -207,9 +207,16 @@ def test_cli_eval_jpeg(capsys, robust_ckpt: Path, samples: Path, tmp_path: Path)
     result = json.loads(out)
     assert code == 0 and list(result["jpeg"]) == ["95", "75"]
     for scores in result["jpeg"].values():
-        assert set(scores) == {"embedding", "restored", "images"}
+        assert set(scores) == {"embedding", "restored", "images", "copy",
+                               "items_with_a_side_image_below_copy"}
         assert 0 < scores["restored"]["psnr"] < 100
-        assert set(scores["images"]) == {"frame_-1", "frame_0", "frame_+1"}
+        assert set(scores["images"]) == set(scores["copy"]) == {"frame_-1", "frame_0",
+                                                                "frame_+1"}
+        for name, copy in scores["copy"].items():  # the embedding taken as each frame
+            assert 0 < copy["psnr"] < 100 and 0 <= copy["items_below"] <= 2
+            assert copy["margin_db"] == pytest.approx(scores["images"][name]["psnr"]
+                                                      - copy["psnr"])
+        assert 0 <= scores["items_with_a_side_image_below_copy"] <= 2
     code, out, _ = run(capsys, *args, "--json")
     assert code == 0 and "jpeg" not in json.loads(out)
     code, _, err = run(capsys, *args, "--jpeg", 0)

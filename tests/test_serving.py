@@ -150,32 +150,31 @@ def test_python_api_from_the_registry(registered: str, tracking: str):
     assert [r.shape for r in conv.restore(conv.embed(clip))] == [(40, 50, 3)] * 3
 
 
-def test_the_pyfunc_declares_its_mode_and_carries_an_input_example(registered: str,
-                                                                  tracking: str):
+def test_the_pyfunc_declares_its_records_and_carries_an_input_example(registered: str,
+                                                                     tracking: str):
     import warnings
 
     import mlflow
 
     info = mlflow.models.get_model_info(registered)
-    assert [(p.name, p.default) for p in info.signature.params.params] == [("mode", "auto")]
-    assert info.signature.inputs is None  # either input form is accepted
+    assert info.signature.inputs.input_names() == ["images", "embedding"]
+    assert info.signature.outputs.input_names() == ["embedding", "images", "names"]
+    assert info.signature.params is None
     model = mlflow.models.Model.load(registered)
     example = model.load_input_example(mlflow.artifacts.download_artifacts(registered))
     assert len(example.iloc[0]["images"]) == 3
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # MLflow warns when it drops undeclared params
+        warnings.simplefilter("error")  # MLflow warns when it drops what it was given
         pyfunc = mlflow.pyfunc.load_model(registered)
         [answer] = pyfunc.predict(example)
-        clip = photo_clip(3, 30, 45, shift=SHIFT)
-        stack = np.stack([clip[1], clip[0], clip[2]]).transpose(0, 3, 1, 2)[None]
-        encoded = pyfunc.predict(stack, params={"mode": "encode"})
-        assert np.array_equal(encoded, pyfunc.predict(stack))
-        decoded = pyfunc.predict(encoded, params={"mode": "decode"})
+        [back] = pyfunc.predict([{"embedding": answer["embedding"]}])
     assert embedding_png.decode(base64.b64decode(answer["embedding"]), "example")[0].shape \
         == (32, 32, 3)
-    assert encoded.shape == (1, 3, 30, 45) and decoded.shape == stack.shape
-    with pytest.raises(ValueError, match="params.mode 'auto', 'encode' or 'decode'"):
-        pyfunc.predict(stack, params={"mode": "sideways"})
+    assert len(back["images"]) == len(back["names"]) == 3
+    # Anything but the declared records is refused before it reaches the model.
+    stack = np.zeros((1, 3, 3, 16, 16), dtype=np.uint8)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="schema"):
+        pyfunc.predict(stack)
 
 
 def _b64png(array: np.ndarray) -> str:
@@ -229,17 +228,6 @@ def test_mlflow_models_serve_over_http(registered: str, tracking: str, tmp_path:
         assert record["names"] == conv.names
         assert np.array_equal(np.stack(restored), np.stack(conv.restore(png)))
 
-        # uint8 tensors: (B, K, C, H, W) -> embedding (B, C_e, H, W) -> images
-        stack = np.stack([clip[1], clip[0], clip[2]]).transpose(0, 3, 1, 2)[None]
-        embedding = np.array(_post(f"{url}/invocations", {"inputs": stack.tolist()})
-                             ["predictions"], dtype=np.uint8)
-        assert embedding.shape == (1, 3, 30, 45)
-        explicit = _post(f"{url}/invocations", {"inputs": stack.tolist(),
-                                                "params": {"mode": "encode"}})
-        assert np.array_equal(np.array(explicit["predictions"], dtype=np.uint8), embedding)
-        images = np.array(_post(f"{url}/invocations", {"inputs": embedding.tolist()})
-                          ["predictions"], dtype=np.uint8)
-        assert images.shape == stack.shape
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

@@ -6,6 +6,7 @@ a handful of steps. Network calls go to servers these tests start on 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
@@ -123,12 +124,13 @@ def test_two_workers_train_log_checkpoint_and_register(mlflow_server, davis_shar
     # version pointing at it, and the shard sets as the run's dataset inputs.
     (logged,) = [m for m in client.search_logged_models([run.info.experiment_id])
                  if m.source_run_id == run.info.run_id]
-    assert logged.status == "READY" and version.source == logged.artifact_location
+    assert logged.status == "READY" and version.source == f"models:/{logged.model_id}"
+    assert logged.name == "video-k3-small"  # the default config's name
     linked = {m.key: m.value for m in logged.metrics}
     assert linked["val/restored_psnr"] == pytest.approx(float(version.tags["val/restored_psnr"]),
                                                         abs=1e-4)
-    assert json.loads(logged.tags["mlflow.modelVersions"]) == [  # the model page's list
-        {"name": "iicnet-video", "version": version.version}]
+    assert [(e["name"], str(e["version"])) for e in  # the model page's list
+            json.loads(logged.tags["mlflow.modelVersions"])] == [("iicnet-video", version.version)]
     outputs = client.get_run(run.info.run_id).outputs.model_outputs  # the run page's list
     assert [(o.model_id, o.step) for o in outputs] == [(logged.model_id, 4)]
     inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
@@ -145,11 +147,24 @@ def test_two_workers_train_log_checkpoint_and_register(mlflow_server, davis_shar
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     pyfunc = mlflow.pyfunc.load_model("models:/iicnet-video@candidate")
-    frames = np.random.default_rng(0).integers(0, 256, (1, 3, 3, 16, 16), dtype=np.uint8)
-    import torch
+    frames = list(np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
+    [answer] = pyfunc.predict([{"images": [_b64png(f) for f in frames]}])
+    import iicnet
+    from iicnet.formats import embedding_png
 
-    expected = model.encode(torch.from_numpy(frames)).numpy()
-    assert np.array_equal(pyfunc.predict(frames), expected)
+    expected = iicnet.load("models:/iicnet-video@candidate").embed(frames, as_png=False)
+    served, _ = embedding_png.decode(base64.b64decode(answer["embedding"]), "served")
+    assert np.array_equal(served, expected)
+
+
+def _b64png(array: np.ndarray) -> str:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
 
 
 @pytest.mark.slow

@@ -9,7 +9,14 @@ validation uses too), averaged over all items:
 - ``embedding``: the embedding against the task's reference (rounded to uint8);
 - ``restored``: every restored image against its original, the reference included;
 - ``images``: the same per output (``frame_0``, ``left``, ``right``, ...), in the order a
-  person gives them.
+  person gives them;
+- ``copy``: per output, the copy baseline: the PSNR of the embedding itself taken as that
+  image (:func:`as_image`; an identical pair's infinite PSNR is left out of the mean), the
+  restored image's margin over it (``margin_db``, mean restored minus mean copy) and the
+  number of items where the restored image scores below its copy (``items_below``). A model
+  that restores an image little better than its copy has not hidden it, whatever its mean.
+  ``items_with_a_side_image_below_copy`` counts the items where any image other than the
+  reference did.
 
 With JPEG qualities (``iicnet eval --jpeg Q``), each embedding is also re-encoded as a real
 JPEG by Pillow at each quality (:func:`iicnet.formats.embedding_png.reencode_jpeg`, what a
@@ -29,7 +36,18 @@ import torch
 from iicnet.convert import Converter, tile_bounds
 from iicnet.formats.embedding_png import reencode_jpeg
 from iicnet.model import to_uint8
-from iicnet.model.metrics import score
+from iicnet.model.metrics import psnr, score
+
+
+def as_image(embedding: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The embedding ``(C_e, h, w)`` uint8 taken as an image of ``shape`` ``(C, H, W)``: grey
+    for a one-channel embedding, enlarged bilinearly where the embedding is smaller."""
+    e = embedding.expand(shape[0], -1, -1) if embedding.shape[0] == 1 else embedding
+    if e.shape[-2:] != shape[-2:]:
+        e = torch.nn.functional.interpolate(e[None].float(), size=tuple(shape[-2:]),
+                                            mode="bilinear", align_corners=False)[0]
+        e = e.round().clamp(0, 255)
+    return e.to(torch.uint8)
 
 
 @dataclass
@@ -56,39 +74,61 @@ class RoundTrip:
     embedding: Score = field(default_factory=Score)
     restored: Score = field(default_factory=Score)
     images: dict[str, Score] = field(default_factory=dict)
+    copies: dict[str, Score] = field(default_factory=dict)
+    """Per image, the copy baseline's PSNR (finite values only; SSIM not kept)."""
+    below: dict[str, int] = field(default_factory=dict)
+    side_below: int = 0
 
     def __post_init__(self) -> None:
         self.images = self.images or {name: Score() for name in self.names}
+        self.copies = self.copies or {name: Score() for name in self.names}
+        self.below = self.below or dict.fromkeys(self.names, 0)
 
     def add(self, images: torch.Tensor, reference: torch.Tensor, embedding: torch.Tensor,
             restored: torch.Tensor, stack_names: list[str]) -> None:
         scores = score(images, reference, embedding, restored)
         self.embedding.add(scores.embedding_psnr, scores.embedding_ssim)
         self.restored.add(scores.restored_psnr, scores.restored_ssim)
+        copy = psnr(as_image(embedding, images.shape[-3:])[None].expand_as(images), images)
+        side_below = False
         for i, name in enumerate(stack_names):
             self.images[name].add(scores.restored_psnr[i], scores.restored_ssim[i])
+            if torch.isfinite(copy[i]):
+                self.copies[name].add(copy[i], torch.zeros(()))
+                below = bool(scores.restored_psnr[i] < copy[i])
+                self.below[name] += below
+                side_below |= below and i > 0
+        self.side_below += side_below
 
     def to_dict(self) -> dict:
         return {"embedding": self.embedding.mean(), "restored": self.restored.mean(),
-                "images": {name: self.images[name].mean() for name in self.names}}
+                "images": {name: self.images[name].mean() for name in self.names},
+                "copy": {name: self._copy(name) for name in self.names},
+                "items_with_a_side_image_below_copy": self.side_below}
+
+    def _copy(self, name: str) -> dict:
+        baseline = self.copies[name]
+        if not baseline.count:
+            return {"psnr": None, "margin_db": None, "items_below": 0}
+        copy = baseline.mean()["psnr"]
+        return {"psnr": copy, "margin_db": self.images[name].mean()["psnr"] - copy,
+                "items_below": self.below[name]}
 
 
 @dataclass
 class Evaluation:
     task: str
     names: list[str]
-    embedding: Score = field(default_factory=Score)
-    restored: Score = field(default_factory=Score)
-    images: dict[str, Score] = field(default_factory=dict)
+    lossless: RoundTrip
+    """The scores from the PNG."""
     items: int = 0
     setup: dict = field(default_factory=dict)
     jpeg: dict[int, RoundTrip] = field(default_factory=dict)
     """Per JPEG quality, restoring from a Pillow JPEG of the embedding."""
 
     @property
-    def lossless(self) -> RoundTrip:
-        """The scores from the PNG (the same :class:`Score` objects as the fields)."""
-        return RoundTrip(self.names, self.embedding, self.restored, self.images)
+    def restored(self) -> Score:
+        return self.lossless.restored
 
     def to_dict(self) -> dict:
         out = {"task": self.task, "items": self.items, "metric": "PSNR (dB) / SSIM, RGB",
@@ -136,8 +176,7 @@ def evaluate(converter: Converter, items: Iterable[tuple[torch.Tensor, torch.Ten
     bad = [q for q in qualities if not 1 <= q <= 100]
     if bad:
         raise ValueError(f"JPEG quality must be in 1..100, got {bad[0]}")
-    result = Evaluation(converter.task, converter.names,
-                        images={name: Score() for name in converter.names},
+    result = Evaluation(converter.task, converter.names, RoundTrip(converter.names),
                         jpeg={q: RoundTrip(converter.names) for q in qualities})
     lossless = result.lossless
     stack_names = [converter.names[position] for position in converter.order]

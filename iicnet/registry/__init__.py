@@ -15,6 +15,7 @@ from iicnet.registry.models import (
     load_model,
     log_checkpoint,
     log_model,
+    logged_model_name,
     model_card,
     model_name,
 )
@@ -48,6 +49,6 @@ from iicnet.registry.versions import (
 __all__ = ["CHECKPOINT_ARTIFACT", "DEFAULT_ALIAS", "LOCAL_STORE", "MODEL_NAME", "RANKED_BY",
            "RUN_NAME_TAG", "AliasClaim", "Tracker", "TrackingError", "check_tracking",
            "claim_alias", "experiment_id", "find_runs", "load_model", "local_store",
-           "log_checkpoint", "log_datasets", "log_model", "model_card", "model_name",
-           "promote", "quiet_console", "redact", "register", "register_import",
+           "log_checkpoint", "log_datasets", "log_model", "logged_model_name", "model_card",
+           "model_name", "promote", "quiet_console", "redact", "register", "register_import",
            "registered_version", "start_run", "system_metrics", "tracking_uri"]

@@ -3,14 +3,14 @@ back.
 
 - :func:`log_model` stores a checkpoint directory (``model.safetensors`` + ``config.json``)
   as an MLflow pyfunc whose code is :mod:`iicnet.registry.pyfunc` (logged as code, not
-  pickled); :func:`log_checkpoint` does so for a training checkpoint, verified complete
-  first; :func:`model_card` writes a version's description.
+  pickled), named for what it is (:func:`logged_model_name`), its metrics linked to the
+  dataset its run trained on; :func:`log_checkpoint` does so for a training checkpoint,
+  verified complete first; :func:`model_card` writes a version's description.
 - :func:`load_model` turns ``models:/iicnet-video@candidate``, ``runs:/...`` URIs into
   ``(IICNet, Config)`` by reading the safetensors weights and the JSON config: no pickle, no
-  model code from the artifact store. It sets MLflow's process-wide tracking URI to the
-  server it loads from (the one exception to naming the server in every call), because
-  ``mlflow.artifacts.download_artifacts`` otherwise unsets ``MLFLOW_TRACKING_URI`` on its way
-  out in a process that never set one.
+  model code from the artifact store. MLflow's artifact download goes through the
+  process-wide tracking URI, which is set for that download only
+  (:func:`~iicnet.registry.tracking.process_tracking_uri`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,12 +30,14 @@ from iicnet.registry.tracking import (
     TrackingError,
     check_tracking,
     mlflow_client,
+    process_tracking_uri,
     redact,
     tracking_uri,
 )
 
 MODEL_NAME = "model"
-"""Name of the logged model inside its run."""
+"""The folder a pyfunc is saved in before its upload; where earlier versions logged it
+into the run (``runs:/<run_id>/model``)."""
 
 
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -49,11 +52,28 @@ def model_name(task: str) -> str:
     return f"iicnet-{task}"
 
 
-def log_model(uri: str, run_id: str, directory: str | Path, *,
+def logged_model_name(config: Config, config_file: str | Path | None = None) -> str:
+    """What a logged model is, as its name: the name of the config file it was trained
+    from, with the task in front where the name lacks it (``video-k3-small``,
+    ``video-mine``); without one, the task and the architecture (``video-k3-b2-nf8``,
+    ``dualview-k2-x2-b8-nf64``, ``x2`` for half resolution)."""
+    task = config.data.task
+    if config_file is not None:
+        stem = Path(config_file).stem
+        return stem if stem == task or stem.startswith(f"{task}-") else f"{task}-{stem}"
+    m = config.model
+    half = "" if m.downscale == "none" else "-x2"
+    return f"{task}-k{m.num_images}{half}-b{m.blocks}-nf{m.nf}"
+
+
+def log_model(uri: str, run_id: str, directory: str | Path, *, name: str | None = None,
               metrics: dict[str, float] | None = None, step: int | None = None) -> str:
-    """Log checkpoint ``directory`` as an MLflow 3 logged model of run ``run_id``; its
-    ``models:/m-<id>`` URI. ``metrics`` (the validation scores) are logged to the run
-    against the model, so the model's page and ``search_logged_models`` show them.
+    """Log checkpoint ``directory`` as an MLflow 3 logged model of run ``run_id``, named
+    ``name`` (default: :func:`logged_model_name` of its config); its ``models:/m-<id>`` URI.
+    ``metrics`` (the validation scores) are logged to the run against the model and against
+    the dataset the run recorded (:func:`~iicnet.registry.tracking.log_datasets`; scores
+    ``val/...`` against its validation set where it has a separate one), so the model's page
+    and ``search_logged_models`` show them, and the page lists the dataset.
 
     The artifact is a pyfunc from code: the safetensors weights and JSON config, the model
     code (:mod:`iicnet.registry.pyfunc`) and a copy of the :mod:`iicnet` package, so
@@ -66,9 +86,10 @@ def log_model(uri: str, run_id: str, directory: str | Path, *,
     directory = Path(directory)
     config = checkpoint.load_config(directory)
     client = mlflow_client(uri)
-    experiment = client.get_run(run_id).info.experiment_id
+    run = client.get_run(run_id)
     model = client.create_logged_model(
-        experiment, name=MODEL_NAME, source_run_id=run_id, model_type="iicnet",
+        run.info.experiment_id, name=name or logged_model_name(config), source_run_id=run_id,
+        model_type="iicnet",
         params={k: json.dumps(v) if isinstance(v, list) else str(v)
                 for k, v in config.flat().items()},
         tags={"task": config.data.task, "num_images": str(config.model.num_images)})
@@ -93,8 +114,13 @@ def log_model(uri: str, run_id: str, directory: str | Path, *,
                                   "safetensors", "pyyaml", "pillow"],
             )
             client.log_model_artifacts(model.model_id, str(saved))
+        datasets = _run_datasets(run)
         for key, value in (metrics or {}).items():
-            client.log_metric(run_id, key, float(value), step=step, model_id=model.model_id)
+            dataset = datasets.get("validation" if key.startswith("val/") else "training",
+                                   datasets.get("training"))
+            client.log_metric(run_id, key, float(value), step=step, model_id=model.model_id,
+                              dataset_name=dataset and dataset.name,
+                              dataset_digest=dataset and dataset.digest)
     except BaseException:
         client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
         raise
@@ -104,26 +130,48 @@ def log_model(uri: str, run_id: str, directory: str | Path, *,
     return f"models:/{model.model_id}"
 
 
-def log_checkpoint(uri: str, run_id: str, directory: str | Path, *,
+def _run_datasets(run) -> dict[str, Any]:
+    """``{context: Dataset}`` of the dataset inputs a run recorded (``training``,
+    ``validation``)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    found = {}
+    for entry in (run.inputs.dataset_inputs if run.inputs else []):
+        context = {t.key: t.value for t in entry.tags}.get(MLFLOW_DATASET_CONTEXT)
+        if context:
+            found[context] = entry.dataset
+    return found
+
+
+def log_checkpoint(uri: str, run_id: str, directory: str | Path, *, name: str | None = None,
                    metrics: dict[str, float] | None = None, step: int | None = None) -> str:
     """:func:`log_model` of a training checkpoint, verified first
     (:func:`iicnet.formats.checkpoint.verify`): only a complete checkpoint becomes a model
     version. Raises CheckpointError naming what is missing or damaged."""
     checkpoint.verify(directory)
-    return log_model(uri, run_id, directory, metrics=metrics, step=step)
+    return log_model(uri, run_id, directory, name=name, metrics=metrics, step=step)
 
 
 def _signature():
-    """Parameters only (see :mod:`iicnet.registry.pyfunc`): ``mode``, default ``auto``."""
+    """The records :mod:`iicnet.registry.pyfunc` answers, as MLflow's version page shows them:
+    ``images`` (K base64 image files) in, ``embedding`` (a base64 PNG) out, or the other way
+    round with the images' ``names``; each column optional, as each record has one side."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec
+    from mlflow.types import DataType
+    from mlflow.types.schema import Array, ColSpec, Schema
 
-    return ModelSignature(params=ParamSchema([ParamSpec("mode", "string", "auto")]))
+    files = Array(DataType.string)
+    return ModelSignature(
+        inputs=Schema([ColSpec(files, "images", required=False),
+                       ColSpec(DataType.string, "embedding", required=False)]),
+        outputs=Schema([ColSpec(DataType.string, "embedding", required=False),
+                        ColSpec(files, "images", required=False),
+                        ColSpec(files, "names", required=False)]))
 
 
 def _input_example(config: Config):
     """A serving request as the model page shows it: one record of K 32x32 RGB PNGs
-    (gradients, one hue each), base64; with its parameters."""
+    (gradients, one hue each), base64."""
     import base64
     import io
 
@@ -140,7 +188,7 @@ def _input_example(config: Config):
         buffer = io.BytesIO()
         Image.fromarray(pixels.round().astype(np.uint8)).save(buffer, format="PNG")
         images.append(base64.b64encode(buffer.getvalue()).decode())
-    return pd.DataFrame([{"images": images}]), {"mode": "auto"}
+    return pd.DataFrame([{"images": images}])
 
 
 def model_card(config: Config, scores: dict[str, float], *, data: str, step: int | None,
@@ -185,11 +233,8 @@ def load_model(source: str | Path, uri: str | None = None,
 
     uri = uri or tracking_uri()
     check_tracking(uri)
-    # download_artifacts(tracking_uri=...) restores the previous global URI on its way out,
-    # unsetting MLFLOW_TRACKING_URI when there was none: set it for good instead.
-    mlflow.set_tracking_uri(uri)
     client = mlflow_client(uri)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, process_tracking_uri(uri):
         try:
             if text.startswith("runs:/"):
                 run_id, path = _parse_runs_uri(text)

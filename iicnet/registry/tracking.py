@@ -10,7 +10,9 @@
 - :class:`Tracker` logs params, metrics, images and files into one run by id, so the
   process that created the run and a training worker elsewhere can both write to it.
 
-Every call names its tracking server explicitly (:func:`client`): no process-wide state.
+Every call names its tracking server explicitly (:func:`mlflow_client`). Where MLflow itself
+resolves a URI through its process-wide tracking URI (a ``models:/m-<id>`` version source on a
+database store, an artifact download), :func:`process_tracking_uri` sets it for that call only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -122,6 +126,32 @@ def mlflow_client(uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+_PROCESS_URI = threading.RLock()
+
+
+@contextlib.contextmanager
+def process_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI (and ``MLFLOW_TRACKING_URI``) set to ``uri`` while
+    the block runs, and both put back as they were after it, unset ones unset. Threads of
+    this process take turns: the setting is global."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    with _PROCESS_URI:
+        # MLflow's own helper for this restores only the first of the two (unsetting the
+        # variable when nothing was set explicitly), so both are read here.
+        explicit, variable = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(explicit)
+            if variable is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = variable
 
 
 def experiment_id(uri: str, name: str, artifact_location: str | None = None) -> str:

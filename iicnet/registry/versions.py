@@ -25,6 +25,7 @@ from iicnet.registry.tracking import (
     TrackingError,
     check_tracking,
     mlflow_client,
+    process_tracking_uri,
     redact,
     start_run,
     tracking_uri,
@@ -41,7 +42,12 @@ def register(uri: str, model_uri: str, name: str, *, alias: str | None = DEFAULT
              tags: dict[str, Any] | None = None, description: str | None = None) -> str:
     """Register the logged model ``model_uri`` (``models:/m-<id>``) as a new version of
     ``name`` with ``tags`` and ``description`` (the version page's model card), and point
-    ``alias`` at it (None: leave the aliases; see :func:`claim_alias`); returns the version."""
+    ``alias`` at it (None: leave the aliases; see :func:`claim_alias`); returns the version.
+
+    Linked both ways, as ``mlflow.register_model`` links them: the version's source is
+    ``models:/m-<id>`` (its page links the logged model; its files are the logged model's),
+    and the logged model's ``mlflow.modelVersions`` tag lists the version (its page lists
+    its versions)."""
     from mlflow.exceptions import MlflowException
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
@@ -53,17 +59,19 @@ def register(uri: str, model_uri: str, name: str, *, alias: str | None = DEFAULT
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     logged = client.get_logged_model(model_id)
-    # The files' location, not models:/m-<id>: a registry on a database resolves that URI
-    # through MLflow's process-wide tracking URI, which this module never sets.
-    version = client.create_model_version(name, logged.artifact_location,
-                                          run_id=logged.source_run_id, model_id=model_id,
-                                          tags={k: str(v) for k, v in (tags or {}).items()},
-                                          description=description)
-    # The logged model's page lists its versions from this tag (what mlflow.register_model
-    # writes); the registry on a database keeps no model id on the version itself.
-    listed = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
-    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
-        [*listed, {"name": name, "version": str(version.version)}])})
+    # A store opened in this process (sqlite:///...) finds the files of a models:/m-<id>
+    # source through MLflow's process-wide tracking URI; a server, through its own.
+    with process_tracking_uri(uri):
+        version = client.create_model_version(
+            name, f"models:/{model_id}", run_id=logged.source_run_id, model_id=model_id,
+            tags={k: str(v) for k, v in (tags or {}).items()}, description=description)
+    # A server adds the version to the tag itself; a store opened here does not.
+    listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    entry = {"name": name, "version": int(version.version)}
+    if not any(e.get("name") == name and str(e.get("version")) == str(version.version)
+               for e in listed):
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+            [*listed, entry])})
     if alias is not None:
         client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)

@@ -37,6 +37,7 @@ class InvertibleDownscale(nn.Module):
         q, _ = torch.linalg.qr(torch.randn(4 * n, 4 * n))
         self.mix = nn.Parameter(q)
         self.register_buffer("haar", _HAAR.repeat(n, 1, 1).unsqueeze(1), persistent=False)
+        self.frozen_unmix: torch.Tensor | None = None
 
     def _bands(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, H, W) -> (B, N, 4, H/2, W/2)``."""
@@ -63,9 +64,17 @@ class InvertibleDownscale(nn.Module):
         ordered = bands.permute(perm).reshape(b, 4 * n, h // 2, w // 2)
         return F.conv2d(ordered, self.mix.to(x.dtype)[:, :, None, None])
 
+    def freeze(self) -> None:
+        """Compute the inverse mixing matrix once and use that copy from now on, for a graph
+        exported for inference (OpenVINO converts no matrix inversion from ``torch.export``);
+        changing the weights afterwards leaves the inverse behind."""
+        with torch.no_grad():
+            self.frozen_unmix = torch.linalg.inv(self.mix)
+
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         b, m, h, w = y.shape
-        unmix = torch.linalg.inv(self.mix.to(y.dtype))
+        unmix = (torch.linalg.inv(self.mix.to(y.dtype)) if self.frozen_unmix is None
+                 else self.frozen_unmix.to(y.dtype))
         ordered = F.conv2d(y, unmix[:, :, None, None])
         if self.order == "ref":
             bands = ordered.reshape(b, self.k, 4, self.c, h, w).permute(0, 1, 3, 2, 4, 5)
