@@ -286,6 +286,19 @@ def _write_halo(args: argparse.Namespace, conv, load_before: tuple, curve: list)
     print(f"wrote {out}")
 
 
+def perturbed_published() -> tuple[IICNet, Config]:
+    """The published K=5 design (seed 0) with every weight moved by 0.02-sigma noise (seed 0),
+    so no coupling is the identity that a fresh network starts as."""
+    cfg = Config()
+    torch.manual_seed(0)
+    model = IICNet(cfg)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model, cfg
+
+
 def big_main(args: argparse.Namespace) -> int:
     """1920x1080 K=5, the published design with perturbed weights: tiled (default tile and
     halo) against untiled, each in its own process for its own peak memory."""
@@ -295,13 +308,7 @@ def big_main(args: argparse.Namespace) -> int:
         tile, halo = (int(v) for v in args.one.split(","))
         from iicnet.convert import Converter, ModelSource
 
-        cfg = Config()
-        torch.manual_seed(0)
-        model = IICNet(cfg)
-        gen = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+        model, cfg = perturbed_published()
         conv = Converter(model.eval(), cfg, ModelSource("k5", "k5"), engine=args.engine)
         stack = _clip_stack(cfg.model.num_images, 1080, 1920)
         _round_trip(conv, stack[:, :, :64, :64].contiguous(), 0, 0)  # engine set up, untimed
@@ -359,13 +366,7 @@ def _bf16_models():
     from iicnet import zoo
     from iicnet.formats import checkpoint, official
 
-    cfg = Config()
-    torch.manual_seed(0)
-    model = IICNet(cfg)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    model, cfg = perturbed_published()
     yield "video-k5 (published design, random weights + 0.02 noise)", model, cfg
     if (PARITY / "st-06.pth").is_file():
         imported = official.import_checkpoint(PARITY / "st-06.pth")
