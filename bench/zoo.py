@@ -161,18 +161,37 @@ def training_record(uri: str, run_name: str | None = None) -> dict:
             return {}
         run = client.get_run(client.get_model_version(name, str(version)).run_id)
         record["registered"] = f"models:/{name}/{version}"
-    end = run.info.end_time or int(time.time() * 1000)
     params, tags = run.data.params, run.data.tags
-    steps = int(params.get("train.steps", 0))
+    # A resumed run keeps its first params (MLflow's are immutable) and its start time; the
+    # config it last ran with is its config.json, and its training time is the time between
+    # logged steps, without the pauses between an interruption and the resume.
+    with tempfile.TemporaryDirectory() as tmp:
+        planned = json.loads(Path(client.download_artifacts(
+            run.info.run_id, "config.json", tmp)).read_text())["train"]["steps"]
+    history = sorted(client.get_metric_history(run.info.run_id, "loss/total"),
+                     key=lambda m: m.step)
+    steps = history[-1].step if history else int(params.get("train.steps", 0))
     state = Path(uri) / "trainer.json"
     if state.is_file():
         steps = int(json.loads(state.read_text())["step"])
     return {**record, "mlflow_run": run.info.run_name, "status": run.info.status,
-            "steps": steps, "planned_steps": int(params.get("train.steps", 0)),
-            "hours": round((end - run.info.start_time) / 3.6e6, 2),
+            "steps": steps, "planned_steps": planned,
+            "hours": round(training_seconds([m.timestamp for m in history]) / 3600, 2),
             "precision": tags.get("precision", "float32"), "workers": tags.get("num_workers"),
             "data": tags.get("data"),
             "val_restored_psnr_crops": run.data.metrics.get("val/restored_psnr")}
+
+
+PAUSE_MS = 15 * 60 * 1000
+"""A gap between two logged steps longer than this is a pause (the run was stopped and
+resumed later), not training."""
+
+
+def training_seconds(stamps_ms: list[int]) -> float:
+    """The time a run trained, from the timestamps (ms) of its logged steps: the sum of the
+    gaps between consecutive ones, leaving out pauses (:data:`PAUSE_MS`)."""
+    gaps = [b - a for a, b in zip(stamps_ms, stamps_ms[1:])]
+    return sum(g for g in gaps if 0 < g <= PAUSE_MS) / 1000
 
 
 def write_card(folder: Path, card: dict) -> None:
