@@ -1,12 +1,13 @@
 """The rendered cluster config is a valid Ray cluster launcher config, installs what the lock
-pins, and takes every account-specific value from the settings (checked on the laptop)."""
+pins, and takes every account-specific value from the settings (checked on the laptop). The
+committed top-level cluster.yaml is the rendering of the example settings, and ``--check``
+refuses it until its placeholders are replaced."""
 
-import json
 import re
+import shutil
 import tomllib
 from pathlib import Path
 
-import jsonschema
 import pytest
 import ray
 import yaml
@@ -15,13 +16,44 @@ from packaging.requirements import Requirement
 from ray_jobs import cluster_config
 
 ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = ROOT / "cluster.yaml"
+RENDER_EXAMPLE = ["--settings", str(cluster_config.EXAMPLE), "--keep-placeholders",
+                  "--no-file-checks"]
+# A value of the right form for each placeholder of the example settings.
+PLAUSIBLE = {
+    "REPLACE_ME_ami_id": "ami-0a1b2c3d4e5f67890",
+    "REPLACE_ME_account_id": "123456789012",
+    "REPLACE_ME_bucket": "acme-iicnet",
+    "REPLACE_ME_database_host": "iicnet-mlflow.abcdefghijkl.us-west-2.rds.amazonaws.com",
+}
+# Where the committed cluster.yaml holds a placeholder, by YAML path.
+PLACEHOLDER_SETTINGS = {
+    **{f"available_node_types.{node}.node_config.{key}": value
+       for node in ("head", "gpu_worker", "gpu_worker_spot", "gpu_worker_4x")
+       for key, value in (("ImageId", "REPLACE_ME_ami_id"),
+                          ("IamInstanceProfile.Arn", "REPLACE_ME_account_id"))},
+    "head_setup_commands[0]": "REPLACE_ME_database_host, REPLACE_ME_bucket",
+}
+
+
+def filled(text: str, keep: str | None = None) -> str:
+    """``text`` with every placeholder but ``keep`` replaced by a plausible value."""
+    for placeholder, value in PLAUSIBLE.items():
+        if placeholder != keep:
+            text = text.replace(placeholder, value)
+    return text
+
+
+def filled_settings() -> dict:
+    settings = yaml.safe_load(filled(cluster_config.EXAMPLE.read_text()))
+    assert "REPLACE_ME_" not in yaml.safe_dump(settings)
+    return settings
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     out = tmp_path_factory.mktemp("cluster") / "cluster.yaml"
-    assert cluster_config.main(["--settings", str(cluster_config.EXAMPLE), "-o", str(out),
-                                "--no-file-checks"]) == 0
+    assert cluster_config.main([*RENDER_EXAMPLE, "-o", str(out)]) == 0
     return yaml.safe_load(out.read_text())
 
 
@@ -31,12 +63,91 @@ def pyproject():
 
 
 def test_validates_against_the_schema_ray_ships(cluster):
-    schema_path = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
-    schema = json.loads(schema_path.read_text())
-    jsonschema.validate(cluster, schema)
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    cluster_config.validate_schema(cluster)  # Ray's schema, then `ray up`'s checks
 
-    validate_config(prepare_config(cluster))  # what `ray up` checks, defaults filled in
+
+def test_the_schema_check_refuses_what_ray_refuses(cluster):
+    import jsonschema
+
+    broken = {**cluster, "idle_timeout_minutes": "ten"}
+    with pytest.raises(jsonschema.ValidationError):
+        cluster_config.validate_schema(broken)
+    with pytest.raises(jsonschema.ValidationError):
+        cluster_config.validate_schema({**cluster, "colour": "blue"})
+
+
+def test_the_committed_cluster_yaml_passes_the_pinned_rays_schema():
+    assert cluster_config.locked_ray_version() == ray.__version__
+    cluster_config.validate_schema(yaml.safe_load(COMMITTED.read_text()))
+
+
+def test_the_committed_cluster_yaml_is_the_rendering_of_the_example(tmp_path):
+    out = tmp_path / "cluster.yaml"
+    assert cluster_config.main([*RENDER_EXAMPLE, "-o", str(out)]) == 0
+    assert COMMITTED.read_text() == out.read_text(), (
+        "cluster.yaml is stale; write it again with: python -m ray_jobs.cluster_config "
+        "--settings cluster/settings.example.yaml --keep-placeholders --no-file-checks")
+
+
+def test_the_default_output_is_the_top_level_cluster_yaml(tmp_path, monkeypatch):
+    assert cluster_config.OUTPUT == COMMITTED
+    monkeypatch.setattr(cluster_config, "OUTPUT", tmp_path / "cluster.yaml")
+    assert cluster_config.main(RENDER_EXAMPLE) == 0
+    assert (tmp_path / "cluster.yaml").read_text() == COMMITTED.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["cluster.yaml"], "no temporary file left"
+
+
+def _refused_settings(err: str) -> dict[str, str]:
+    """``{YAML path: placeholders}`` from --check's messages."""
+    found = re.findall(r"^cluster_config: error: .*?cluster\.yaml: (\S+): placeholders? (.+) "
+                       r"left;", err, flags=re.M)
+    return dict(found)
+
+
+def test_check_refuses_the_committed_file_naming_each_placeholder(capsys):
+    assert cluster_config.main(["--check"]) == 2
+    err = capsys.readouterr().err
+    assert _refused_settings(err) == PLACEHOLDER_SETTINGS
+    assert "schema" not in err, "the committed file itself is a valid config"
+
+
+@pytest.mark.parametrize("keep", sorted(PLAUSIBLE))
+def test_check_names_the_one_placeholder_left(tmp_path, capsys, keep):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(filled(COMMITTED.read_text(), keep=keep))
+    assert cluster_config.main(["--check", str(path)]) == 2
+    refused = _refused_settings(capsys.readouterr().err)
+    expected = {where for where, names in PLACEHOLDER_SETTINGS.items() if keep in names}
+    assert set(refused) == expected and all(v == keep for v in refused.values())
+
+
+def test_check_passes_a_filled_copy(tmp_path, capsys):
+    path = tmp_path / "cluster.yaml"
+    shutil.copy(COMMITTED, path)
+    path.write_text(filled(path.read_text()))
+    assert "REPLACE_ME_" not in yaml.safe_dump(yaml.safe_load(path.read_text()))
+    assert cluster_config.main(["--check", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "no placeholders left" in captured.out
+
+
+def test_check_refuses_what_the_schema_refuses_by_its_path(tmp_path, capsys):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(filled(COMMITTED.read_text()).replace(
+        "cache_stopped_nodes: false", "cache_stopped_nodes: no-thanks"))
+    assert cluster_config.main(["--check", str(path)]) == 2
+    assert "provider.cache_stopped_nodes: 'no-thanks' is not of type 'boolean'" in \
+        capsys.readouterr().err
+    assert cluster_config.main(["--check", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: no such file" in capsys.readouterr().err
+
+
+def test_rendering_refuses_a_placeholder_left_in_the_settings(tmp_path, capsys):
+    out = tmp_path / "cluster.yaml"
+    assert cluster_config.main(["--settings", str(cluster_config.EXAMPLE), "-o", str(out),
+                                "--no-file-checks"]) == 2
+    assert "ami: 'REPLACE_ME_ami_id' still holds the placeholder" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_node_types_are_consistent(cluster):
@@ -134,7 +245,7 @@ def test_every_value_comes_from_the_settings_and_the_lock(cluster):
     ({"region": None}, "region: None is not an AWS region"),
 ])
 def test_bad_settings_are_refused_by_name(tmp_path, capsys, change, message):
-    settings = yaml.safe_load(cluster_config.EXAMPLE.read_text())
+    settings = filled_settings()
     settings.update(change)
     path = tmp_path / "settings.yaml"
     path.write_text(yaml.safe_dump(settings))
@@ -147,7 +258,7 @@ def test_bad_settings_are_refused_by_name(tmp_path, capsys, change, message):
 
 
 def test_a_missing_password_file_is_named(tmp_path, capsys):
-    settings = yaml.safe_load(cluster_config.EXAMPLE.read_text())
+    settings = filled_settings()
     settings["pgpass_file"] = str(tmp_path / "nowhere")
     path = tmp_path / "settings.yaml"
     path.write_text(yaml.safe_dump(settings))
