@@ -83,3 +83,27 @@ def run_exists(storage_path: str, name: str, filesystem: Any) -> bool:
 
     filesystem = filesystem or fs.LocalFileSystem()
     return filesystem.get_file_info(f"{storage_path}/{name}").type != fs.FileType.NotFound
+
+
+def initial_weights(source: str, cfg) -> bytes:
+    """The weights of model ``source`` (``zoo:NAME``, a checkpoint folder, ``models:/...``)
+    as safetensors bytes, for a run that fine-tunes it (``--init``). Raises ConfigError when
+    the model cannot be loaded or its architecture (the ``model`` section) is not ``cfg``'s.
+    """
+    import dataclasses
+
+    from safetensors.torch import save
+
+    from iicnet.app.api import ModelError, load_model
+    from iicnet.model.config import ConfigError
+
+    try:
+        model, found, _ = load_model(source)
+    except ModelError as exc:
+        raise ConfigError(f"--init {source}: {exc}") from None
+    ours, theirs = dataclasses.asdict(cfg.model), dataclasses.asdict(found.model)
+    differ = [f"model.{k} {theirs[k]!r} (the config has {ours[k]!r})"
+              for k in ours if ours[k] != theirs.get(k)]
+    if differ:
+        raise ConfigError(f"--init {source}: another architecture: {'; '.join(differ)}")
+    return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})

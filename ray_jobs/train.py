@@ -80,6 +80,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", metavar="RUN_NAME",
                         help="continue the run of this name in --storage from its latest "
                         "checkpoint (and its MLflow run)")
+    parser.add_argument("--init", metavar="MODEL",
+                        help="fine-tune: start from this model's weights (zoo:NAME, a "
+                        "checkpoint folder, models:/NAME@ALIAS) instead of random ones; its "
+                        "architecture must be the config's")
     parser.add_argument("--name", help="name of a new run (default: <experiment>-<time>)")
     parser.add_argument("--fresh", action="store_true",
                         help="train anew even if a run of the same recipe (config, data, "
@@ -106,16 +110,19 @@ def resolve_config(args: argparse.Namespace):
     return cfg.override(overrides) if overrides else cfg
 
 
-def recipe_digest(cfg, data: str, val_data: str, args: argparse.Namespace) -> str:
+def recipe_digest(cfg, data: str, val_data: str, args: argparse.Namespace,
+                  init: bytes | None = None) -> str:
     """What determines the weights a run ends with, hashed: the config, the manifests of
     the training and validation shards (their content, not only their paths), the number
-    of workers and the device."""
+    of workers, the device and the weights it starts from (``--init``)."""
     import hashlib
 
     from iicnet.formats.shards import manifest_digest
 
     parts = [cfg.to_json(), str(args.num_workers), "gpu" if args.gpu else "cpu",
              manifest_digest(data), manifest_digest(val_data)]
+    if init is not None:
+        parts.append(hashlib.sha256(init).hexdigest())
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
@@ -219,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         registry.check_tracking(uri)
         data, val_data = options.data_sources(args.data, args.val_data, cfg, cache)
         storage_path, filesystem = ray_storage(args.storage or str(cache / "ray_results"))
+        init = options.initial_weights(args.init, cfg) if args.init else None
     except options.setup_errors() as exc:
         return common.fail(str(exc))
     experiment = args.experiment or registry.model_name(cfg.data.task)
-    recipe = recipe_digest(cfg, data, val_data, args)
+    recipe = recipe_digest(cfg, data, val_data, args, init)
     if not (args.resume or args.name or args.fresh):
         earlier = same_recipe(uri, experiment, recipe, storage_path, filesystem)
         if earlier is not None and earlier[1] == "FINISHED":
@@ -255,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         tags={"data": data, "val_data": val_data, "num_workers": str(args.num_workers),
               RECIPE_TAG: recipe,
               "device": "gpu" if args.gpu else "cpu",
+              **({"init": args.init} if args.init else {}),
               "storage": args.storage or storage_path})
     registry.Tracker(uri, run_id).tags({DRIVER_TAG: json.dumps(driver_identity())})
     if not args.resume:
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             result = fit(cfg, name=name, data=data, val_data=val_data, uri=uri, run_id=run_id,
                          num_workers=args.num_workers, use_gpu=args.gpu,
                          storage_path=storage_path, filesystem=filesystem,
-                         max_failures=args.max_failures)
+                         max_failures=args.max_failures, init=init)
         except Exception as exc:  # Train V2 raises once the restarts are used up
             tracker.finish("FAILED")
             quiet_ray()
@@ -307,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def fit(cfg, *, name: str, data: str, val_data: str, uri: str, run_id: str, num_workers: int,
-        use_gpu: bool, storage_path: str, filesystem: Any, max_failures: int):
+        use_gpu: bool, storage_path: str, filesystem: Any, max_failures: int,
+        init: bytes | None = None):
     """Run :func:`train_loop` on ``num_workers`` Ray Train workers; the ``ray.train.Result``."""
     local_cpus = os.cpu_count() or 1
     common.init_ray(num_cpus=None if common.on_cluster() else max(local_cpus, num_workers))
@@ -316,7 +326,7 @@ def fit(cfg, *, name: str, data: str, val_data: str, uri: str, run_id: str, num_
     trainer = make_trainer(cfg, data=data, val_data=val_data, uri=uri, run_id=run_id,
                            threads=threads, num_workers=num_workers, use_gpu=use_gpu,
                            per_worker=per_worker, name=name, storage_path=storage_path,
-                           filesystem=filesystem, max_failures=max_failures)
+                           filesystem=filesystem, max_failures=max_failures, init=init)
     return interruptible(trainer.fit)
 
 

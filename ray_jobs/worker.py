@@ -71,10 +71,11 @@ def driver_alive(driver: dict[str, Any]) -> bool | None:
 def make_trainer(cfg, *, data: str, val_data: str, uri: str, run_id: str, threads: int | None,
                  num_workers: int, use_gpu: bool, per_worker: dict[str, float] | None,
                  name: str, storage_path: str, filesystem: Any, max_failures: int,
-                 callbacks: list[Any] | None = None):
+                 callbacks: list[Any] | None = None, init: bytes | None = None):
     """The ``TorchTrainer`` of :func:`train_loop` (also what each sweep trial fits): DDP over
     ``num_workers`` workers, checkpoints (latest two kept) under ``storage_path/name``, and
-    ``max_failures`` restarts from the latest checkpoint."""
+    ``max_failures`` restarts from the latest checkpoint. ``init``: safetensors bytes of the
+    weights a run with no checkpoint yet starts from (fine-tuning), else random ones."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -82,7 +83,7 @@ def make_trainer(cfg, *, data: str, val_data: str, uri: str, run_id: str, thread
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "data": data, "val_data": val_data,
                            "tracking_uri": uri, "run_id": run_id, "threads": threads,
-                           "driver": driver_identity(),
+                           "driver": driver_identity(), "init": init,
                            "run": (f"{storage_path}/{name}", filesystem)},
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
@@ -166,7 +167,13 @@ def train_steps(job: dict[str, Any]) -> None:
         tracker.tags({"precision": trainer.precision})
     if driver_gone(job, tracker):
         return
-    resume_from(trainer, ray.train.get_checkpoint(), rank, job.get("run"))
+    if not resume_from(trainer, ray.train.get_checkpoint(), rank, job.get("run")) \
+            and job.get("init"):
+        from safetensors.torch import load
+
+        trainer.start_from(load(job["init"]))
+        if tracker:
+            log.info("starting from the --init weights (no checkpoint of this run yet)")
     start = trainer.step
     trainer.wrap(lambda model: ray.train.torch.prepare_model(model, move_to_device=False))
     # After a restart, steps up to the failure were logged already: each step is logged once

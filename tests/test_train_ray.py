@@ -65,6 +65,12 @@ def test_bad_arguments_fail_fast_naming_the_problem(capsys, monkeypatch, davis_s
     assert main(["--data", str(davis_shards), "--set", "data.task=stereo",
                  "--set", "model.num_images=2"]) == 2
     assert "data.task: the stereo task reads flickr1024" in capsys.readouterr().err
+    assert main(["--data", str(davis_shards), "--init", "zoo:video-k3-s",
+                 "--set", "model.blocks=3"]) == 2
+    assert "--init zoo:video-k3-s: another architecture: model.blocks 2 (the config has 3)" \
+        in capsys.readouterr().err
+    assert main(["--data", str(davis_shards), "--init", "zoo:nosuch"]) == 2
+    assert "--init zoo:nosuch:" in capsys.readouterr().err
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
     assert main(["--data", str(davis_shards)]) == 2
     assert "is not reachable" in capsys.readouterr().err

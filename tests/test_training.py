@@ -115,6 +115,21 @@ def test_training_state_round_trip(tmp_path: Path):
         assert torch.equal(resumed.model.state_dict()[key], value), key
 
 
+def test_fine_tuning_starts_from_the_weights_with_a_fresh_optimiser_and_schedule():
+    cfg = tiny("optim.milestones=[3]")
+    trained = Trainer(cfg)
+    for seed in range(4):
+        trained.train_step(*batch(seed))
+    tuned = Trainer(cfg.override(["train.seed=7"]))
+    tuned.start_from(weights(trained))
+    assert tuned.step == 0 and tuned.lr == cfg.optim.lr and not tuned.optimizer.state
+    for key, value in weights(trained).items():
+        assert torch.equal(tuned.model.state_dict()[key], value), key
+    assert tuned.last_good.meta["step"] == 0  # a rollback returns to the given weights
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        Trainer(tiny("model.nf=8")).start_from(weights(trained))
+
+
 def test_reading_a_state_names_the_missing_file(tmp_path: Path):
     trainer = Trainer(tiny())
     trainer.save(tmp_path)

@@ -383,6 +383,12 @@ class Trainer:
         self.last_good = state
         return state
 
+    def start_from(self, weights: dict[str, torch.Tensor]) -> None:
+        """Begin from another model's weights (fine-tuning): the same architecture, loaded
+        strictly; the optimiser, the schedule and the step count stay fresh."""
+        self.model.load_state_dict({k: v.to(self.device) for k, v in weights.items()})
+        self.last_good = self.capture()
+
     def load(self, directory: str | Path) -> None:
         """Continue from a training checkpoint written by :meth:`save`."""
         state = read_state(directory)
