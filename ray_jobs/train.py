@@ -29,9 +29,12 @@ interrupted is resumed.
 
 A driver that dies (even by SIGKILL) leaves no run RUNNING: a watcher process marks the
 MLflow run KILLED (:func:`ray_jobs.common.watch_run`), and the workers stop before their next
-step (:func:`ray_jobs.worker.driver_gone`). Training that fails once the ``--max-failures``
+step (:func:`ray_jobs.worker.halted`). Training that fails once the ``--max-failures``
 restarts are used up exits with status 2 and one line saying why and how to resume; Ctrl-C
-marks the run KILLED, keeps its checkpoints and exits with status 130.
+or SIGTERM makes the workers checkpoint the step they are at (:mod:`ray_jobs.stopping`), marks
+the run KILLED and exits with status 130 (143 for SIGTERM), saying how to resume. A resumed
+run goes on with its own recorded config (:mod:`ray_jobs.recorded`); ``--config``, ``--set``
+and ``--steps`` change it only when given, and the changes are printed.
 """
 
 from __future__ import annotations
@@ -41,16 +44,14 @@ import json
 import os
 import secrets
 import sys
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from iicnet.storage.arrow import ray_storage
-from ray_jobs import common, options
+from ray_jobs import common, options, recorded, stopping
 from ray_jobs.options import DEFAULT_CONFIG
 from ray_jobs.registration import REGISTERED_TAG, register_directory, report_line
-from ray_jobs.worker import driver_alive, driver_identity, make_trainer
+from ray_jobs.worker import driver_alive, driver_identity, make_trainer, step_folders
 
 RECIPE_TAG = "iicnet.recipe"
 """Run tag: a digest of what determines the trained weights (config, data manifests,
@@ -66,12 +67,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Exit status: 0 trained and registered (or, with --resume, already "
                "finished), 2 bad arguments, an unreachable service, or training that failed "
                "(the message says how to resume).")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
-                        help="YAML config (default: configs/video-k3-small.yaml)")
+    parser.add_argument("--config",
+                        help="YAML config (default: configs/video-k3-small.yaml; with --resume, "
+                        "the run's own recorded config)")
     options.add(parser, "--data")
     parser.add_argument("--val-data", help="validation shards (default: --data); the 'val' "
                         "split is used")
-    parser.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DDP)")
+    parser.add_argument("--num-workers", type=int,
+                        help="Ray Train workers (DDP; default 2, with --resume the run's own)")
     options.add(parser, "--gpu")
     parser.add_argument("--steps", type=int, help="total optimiser steps (train.steps)")
     parser.add_argument("--storage", help="checkpoints and Ray results: a directory or "
@@ -103,11 +106,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace):
     from iicnet.formats.config_file import load
 
-    cfg = load(args.config)
+    cfg = load(args.config or DEFAULT_CONFIG)
+    overrides = overrides_of(args)
+    return cfg.override(overrides) if overrides else cfg
+
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """The config fields the command line sets: ``--set`` and ``--steps``."""
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
-    return cfg.override(overrides) if overrides else cfg
+    return overrides
+
+
+def continued(args: argparse.Namespace, storage_path: str, filesystem: Any, cfg):
+    """``(config, config file)`` that run ``--resume`` goes on with: its recorded recipe
+    (:mod:`ray_jobs.recorded`) changed only by what this command line gives (``--config``,
+    ``--set``, ``--steps``; ``--experiment``, ``--data``, ``--val-data``, ``--num-workers``), the
+    changes printed. Fills those of ``args`` the command line left out from the record. A run
+    that recorded nothing goes on with the command line's ``cfg``."""
+    from iicnet import storage
+
+    name = args.resume
+    earlier = recorded.recorded(storage_path, name, filesystem)
+    if earlier is None:
+        return cfg, args.config or str(DEFAULT_CONFIG)
+    cfg, changes = recorded.resumed_config(earlier.config, args.config, overrides_of(args))
+    for option in ("experiment", "data", "val_data", "num_workers"):
+        given, kept = getattr(args, option), getattr(earlier, option)
+        if given is None:
+            setattr(args, option, kept)
+        elif kept is not None and str(given) != str(kept) and (
+                option not in ("data", "val_data") or storage.absolute(given) != kept):
+            changes.append(f"--{option.replace('_', '-')}: {kept!r} -> {given!r}")
+    print(f"run {name} goes on with its recorded recipe ({earlier.where})" + (
+        "; changed by this command line: " + ", ".join(changes) if changes else ""),
+        flush=True)
+    return cfg, args.config or earlier.config_file or str(DEFAULT_CONFIG)
 
 
 def recipe_digest(cfg, data: str, val_data: str, args: argparse.Namespace,
@@ -204,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     registry.quiet_console()
     buffered.bound_requests()  # before Ray starts: its workers inherit the bounds
-    if args.num_workers < 1:
+    if args.num_workers is not None and args.num_workers < 1:
         return common.fail(f"--num-workers: must be at least 1, got {args.num_workers}")
     if args.max_failures < -1:
         return common.fail(f"--max-failures: must be -1 (forever) or more, got "
@@ -222,10 +257,14 @@ def main(argv: list[str] | None = None) -> int:
                                      storage=args.storage)
     if problem:
         return common.fail(problem)
+    config_file = args.config or str(DEFAULT_CONFIG)
     try:
         registry.check_tracking(uri)
-        data, val_data = options.data_sources(args.data, args.val_data, cfg, cache)
         storage_path, filesystem = ray_storage(args.storage or str(cache / "ray_results"))
+        if args.resume:
+            cfg, config_file = continued(args, storage_path, filesystem, cfg)
+        args.num_workers = args.num_workers or 2
+        data, val_data = options.data_sources(args.data, args.val_data, cfg, cache)
         init = options.initial_weights(args.init, cfg) if args.init else None
     except options.setup_errors() as exc:
         return common.fail(str(exc))
@@ -258,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
                                "first, two worker groups must never share its storage")
     else:
         name = args.name or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    try:
+        recorded.record(cfg, storage_path, name, filesystem, config_file=config_file,
+                        experiment=experiment, data=data, val_data=val_data,
+                        num_workers=args.num_workers)
+    except (OSError, options.setup_errors()) as exc:
+        return common.fail(f"cannot record the run's config in its storage folder: {exc}")
     run_id = registry.start_run(
         uri, experiment, name, cfg, artifact_location=artifact_location, resume=bool(args.resume),
         tags={"data": data, "val_data": val_data, "num_workers": str(args.num_workers),
@@ -296,15 +341,20 @@ def main(argv: list[str] | None = None) -> int:
             quiet_ray()
             return common.fail(f"training failed: {failure_summary(result.error)}\n{hint}")
         summary = register_or_defer(cfg, result, uri, run_id, data=data,
-                                    force_alias=args.force_alias, config_file=args.config,
+                                    force_alias=args.force_alias, config_file=config_file,
                                     on_s3=filesystem is not None)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (stopping.Terminated)
         tracker.finish("KILLED")
         quiet_ray()
-        print(f"\ninterrupted: run {name} stopped; its checkpoints are kept.\n"
+        newest = step_folders(f"{storage_path}/{name}", filesystem)
+        kept = (f"newest checkpoint: {newest[0].rpartition('/')[2]}" if newest
+                else "no checkpoint was written")
+        clean = "after a checkpoint of the step it was at" \
+            if getattr(interrupt, "stopped_cleanly", False) else "at once"
+        print(f"\n{stopping.what(interrupt)}: run {name} stopped {clean}; {kept}.\n"
               f"resume it: {again}" + ("  (or make run again)" if not args.name else ""),
               file=sys.stderr, flush=True)
-        return 130
+        return stopping.exit_status(interrupt)
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -321,37 +371,16 @@ def fit(cfg, *, name: str, data: str, val_data: str, uri: str, run_id: str, num_
     """Run :func:`train_loop` on ``num_workers`` Ray Train workers; the ``ray.train.Result``."""
     local_cpus = os.cpu_count() or 1
     common.init_ray(num_cpus=None if common.on_cluster() else max(local_cpus, num_workers))
+    stopping.on_sigterm()
+    flag = stopping.make_flag()
     threads = None if common.on_cluster() else max(1, local_cpus // num_workers)
     per_worker = None if threads is None or use_gpu else {"CPU": threads}
     trainer = make_trainer(cfg, data=data, val_data=val_data, uri=uri, run_id=run_id,
                            threads=threads, num_workers=num_workers, use_gpu=use_gpu,
                            per_worker=per_worker, name=name, storage_path=storage_path,
-                           filesystem=filesystem, max_failures=max_failures, init=init)
-    return interruptible(trainer.fit)
-
-
-def interruptible(call: Callable[[], Any]) -> Any:
-    """``call()`` in a thread, so that Ctrl-C reaches this process as KeyboardInterrupt.
-
-    On the main thread Ray Train installs a SIGINT handler of its own; when Ctrl-C has also
-    reached Ray's processes (a terminal signals the whole process group) the handler finds
-    its controller gone and exits with status 1 and no word, so :func:`main` could neither
-    mark the run nor say how to resume it. Ray does not install it off the main thread."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["result"] = call()
-        except BaseException as exc:  # handed to the main thread as it is
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.5)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+                           filesystem=filesystem, max_failures=max_failures, init=init,
+                           stop=flag)
+    return stopping.interruptible(trainer.fit, flag)
 
 
 def register_or_defer(cfg, result, uri: str, run_id: str, *, data: str, force_alias: bool,

@@ -14,7 +14,9 @@ A restarted worker group resumes from the newest complete checkpoint of the run
 (:func:`resume_from`), continuing the step count, and logs no step twice. A node being
 drained gets a checkpoint at once (:func:`preempted`). Rank 0 checks before every step that
 the driver process (on this host) still lives, and all ranks stop together when it does not
-(:func:`driver_gone`; the driver's identity comes from :func:`driver_identity`).
+(:func:`halted`; the driver's identity comes from :func:`driver_identity`). When the driver
+asks (Ctrl-C or SIGTERM, :mod:`ray_jobs.stopping`), they checkpoint the step they are at and
+return.
 
 Fault injection for tests: ``IICNET_FAULT_AT_STEP=N`` kills the last rank's process (SIGKILL)
 when it reaches step N, once: the file named by ``IICNET_FAULT_MARKER`` records that it
@@ -71,11 +73,14 @@ def driver_alive(driver: dict[str, Any]) -> bool | None:
 def make_trainer(cfg, *, data: str, val_data: str, uri: str, run_id: str, threads: int | None,
                  num_workers: int, use_gpu: bool, per_worker: dict[str, float] | None,
                  name: str, storage_path: str, filesystem: Any, max_failures: int,
-                 callbacks: list[Any] | None = None, init: bytes | None = None):
+                 callbacks: list[Any] | None = None, init: bytes | None = None,
+                 stop: Any = None):
     """The ``TorchTrainer`` of :func:`train_loop` (also what each sweep trial fits): DDP over
     ``num_workers`` workers, checkpoints (latest two kept) under ``storage_path/name``, and
     ``max_failures`` restarts from the latest checkpoint. ``init``: safetensors bytes of the
-    weights a run with no checkpoint yet starts from (fine-tuning), else random ones."""
+    weights a run with no checkpoint yet starts from (fine-tuning), else random ones.
+    ``stop``: the driver's :class:`ray_jobs.stopping.StopFlag` (a Ray actor), asked before
+    every step; when set, the workers checkpoint the step they are at and return."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -83,7 +88,7 @@ def make_trainer(cfg, *, data: str, val_data: str, uri: str, run_id: str, thread
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "data": data, "val_data": val_data,
                            "tracking_uri": uri, "run_id": run_id, "threads": threads,
-                           "driver": driver_identity(), "init": init,
+                           "driver": driver_identity(), "init": init, "stop": stop,
                            "run": (f"{storage_path}/{name}", filesystem)},
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
@@ -165,7 +170,7 @@ def train_steps(job: dict[str, Any]) -> None:
         console_log()
         log.info("precision: %s on %s", trainer.precision, trainer.device)
         tracker.tags({"precision": trainer.precision})
-    if driver_gone(job, tracker):
+    if halted(job, tracker):
         return
     if not resume_from(trainer, ray.train.get_checkpoint(), rank, job.get("run")) \
             and job.get("init"):
@@ -195,8 +200,17 @@ def train_steps(job: dict[str, Any]) -> None:
     drained = False
     t, steps = cfg.train, cfg.train.steps
     loop_began = time.perf_counter()
+    saved_at, losses = start, {}
     while trainer.step < steps:
-        if driver_gone(job, tracker):
+        halt = halted(job, tracker)
+        if halt == "stop":
+            if tracker:
+                log.warning("stop requested by the driver: checkpoint at step %d%s",
+                            trainer.step, " (just written)" if saved_at == trainer.step else "")
+            if saved_at != trainer.step:
+                save_and_report(trainer, rank, {"step": trainer.step, **losses})
+            break
+        if halt:
             return
         inject_fault(trainer.step, rank, world)
         began = time.perf_counter()
@@ -216,6 +230,7 @@ def train_steps(job: dict[str, Any]) -> None:
                 tracker.json(event, f"events/rollback-{event['rollbacks']:02d}-step"
                              f"{event['failed_step']:08d}.json")
             continue
+        losses = result.losses
         meter.add({**result.losses, "grad_norm": result.grad_norm}, waited, busy)
         step = trainer.step
         final = step == steps
@@ -248,8 +263,10 @@ def train_steps(job: dict[str, Any]) -> None:
         saved = step % t.checkpoint_every == 0 or final
         if saved:
             save_and_report(trainer, rank, {"step": step, **result.losses, **scores})
+            saved_at = step
         if step % t.log_every == 0 and not final and not drained:
             drained = preempted(trainer, rank, tracker, step, saved, result.losses)
+            saved_at = step if drained else saved_at
     if tracker:
         tracking_summary(tracker)
 
@@ -321,9 +338,11 @@ def preempted(trainer, rank: int, tracker, step: int, saved: bool,
     return True
 
 
-def driver_gone(job: dict[str, Any], tracker) -> bool:
-    """Whether the job's driver died (checked by rank 0, agreed by all ranks, so they all
-    stop at the same step); rank 0 then marks the MLflow run KILLED.
+def halted(job: dict[str, Any], tracker) -> str | None:
+    """Why the workers stop before the next step, checked by rank 0 and agreed by all ranks
+    (so they all stop at the same step): ``"driver gone"`` when the job's driver died (rank 0
+    then marks the MLflow run KILLED), ``"stop"`` when the driver asked for a clean stop
+    (:mod:`ray_jobs.stopping`), else None.
 
     A driver killed with SIGKILL cannot stop its trainer, and Ray keeps a local cluster's
     workers training; they stop here instead, before the next step (and never write another
@@ -333,15 +352,20 @@ def driver_gone(job: dict[str, Any], tracker) -> bool:
     import torch
 
     from iicnet.training import all_reduce_sum
+    from ray_jobs.stopping import stop_requested
 
     dead = tracker is not None and driver_alive(job.get("driver") or {}) is False
-    if not bool(all_reduce_sum(torch.tensor([float(dead)]))[0]):
-        return False
+    asked = tracker is not None and not dead and stop_requested(job.get("stop"))
+    votes = all_reduce_sum(torch.tensor([float(dead), float(asked)]))
+    if bool(votes[1]):
+        return "stop"
+    if not bool(votes[0]):
+        return None
     if tracker is not None:
         log.warning("the driver (pid %s) is gone: stopping the workers; the run is marked "
                     "KILLED (continue it with --resume)", job["driver"]["pid"])
         tracker.finish("KILLED")
-    return True
+    return "driver gone"
 
 
 def resume_from(trainer, latest, rank: int, run: tuple[str, Any] | None = None) -> bool:
