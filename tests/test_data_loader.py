@@ -3,9 +3,11 @@ corrupt shards."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import shutil
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -151,3 +153,60 @@ def test_loader_errors_say_what_to_do(local_shards, tmp_path):
         make_loader(str(local_shards["matting"]), from_dict(
             {"data": {"task": "multilayer"}, "model": {"num_images": 3}}), split="val",
             train=False)
+
+
+def _tar_member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x",
+                link: str = "") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data
+
+
+def _hostile_shard(path: Path, member: tuple[tarfile.TarInfo, bytes], declared: int | None
+                   ) -> None:
+    """A shard holding one good sample, then ``member`` (its header's size ``declared``,
+    when given, without the bytes: what a forged header claims)."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("good.png", b"png"), ("good.meta.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        info, data = member
+        tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    if declared is not None:  # forge the last header's size field, octal, NUL-terminated
+        raw = bytearray(path.read_bytes())
+        header = 3 * 512 + 512  # two 1-block members, each a header plus one data block
+        raw[header + 124:header + 136] = f"{declared:011o}\0".encode()
+        checksum = sum(raw[header:header + 148]) + 8 * 32 + sum(raw[header + 156:header + 512])
+        raw[header + 148:header + 156] = f"{checksum:06o}\0 ".encode()
+        path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("member, declared, says", [
+    (_tar_member("../../escaped.png"), None, "an absolute or climbing name"),
+    (_tar_member("/tmp/absolute.png"), None, "an absolute or climbing name"),
+    (_tar_member("evil.png", tarfile.SYMTYPE, link="/etc/passwd"), None,
+     "is a symbolic link"),
+    (_tar_member("evil.png", tarfile.LNKTYPE, link="good.png"), None, "is a hard link"),
+    (_tar_member("evil.png", tarfile.CHRTYPE), None, "is a device file"),
+    (_tar_member("evil.png", tarfile.FIFOTYPE), None, "is a FIFO"),
+    (_tar_member("huge.png"), 1 << 32, "declares 4294967296 bytes"),
+], ids=["dotdot", "absolute", "symlink", "hardlink", "device", "fifo", "huge-size"])
+def test_hostile_tar_members_are_refused_by_name(tmp_path: Path, caplog, member, declared,
+                                                 says):
+    from iicnet.formats.shards import read_shard
+
+    shard = tmp_path / "shards" / "train-000000.tar"
+    shard.parent.mkdir()
+    _hostile_shard(shard, member, declared)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with caplog.at_level(logging.WARNING, logger="iicnet.data"):
+        samples = list(read_shard(str(shard)))
+    # At most the good sample before it is read; the hostile member is named, nothing of it
+    # is kept, and nothing is written anywhere.
+    assert [s["__key__"] for s in samples] in ([], ["good"])
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f"member {member[0].name!r}" in warning and says in warning, warning
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not Path("/tmp/absolute.png").exists()

@@ -5,6 +5,12 @@ prefix with ``manifest.json`` (written last) and uncompressed ``<split>-NNNNNN.t
 whose samples hold each source image once plus ``meta.json``. This module reads it in order,
 for training (through :mod:`iicnet.data`) and scoring alike; a shard that cannot be read is
 reported as a warning naming its URL and skipped.
+
+Shards come from storage, so their members are treated as hostile: a member that is not a
+regular file (a link, a device, a FIFO, a folder), whose name is absolute or climbs out with
+``..``, or that declares more than :data:`MAX_MEMBER_BYTES` is refused by name (the shard is
+skipped from there, as a damaged one is). Members are read into memory, never extracted, so
+nothing outside the shard is touched either way.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from iicnet import storage
 Sample = dict[str, Any]
 log = logging.getLogger("iicnet.data")
 MANIFEST = "manifest.json"
+MAX_MEMBER_BYTES = 128 << 20
+"""The largest tar member read: an encoded frame is at most a few MB (a 4K PNG about 25)."""
 
 storage.register_gopen()
 
@@ -79,6 +87,34 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     return (*errors, BotoCoreError)
 
 
+class HostileMember(ValueError):
+    """A shard member that is not a plain file of a sane name and size."""
+
+
+def _members(stream, url: str) -> Iterator[dict[str, Any]]:
+    """``{"fname", "data"}`` of each member of the tar ``stream``, in order; raises
+    :class:`HostileMember` naming the first one that is refused (see the module docstring)."""
+    tar = tarfile.open(fileobj=stream, mode="r|")
+    for member in tar:
+        name = member.name
+        parts = name.replace("\\", "/").split("/")
+        if not member.isreg():
+            kind = ("a symbolic link" if member.issym() else "a hard link" if member.islnk()
+                    else "a FIFO" if member.isfifo() else "a device file" if member.isdev()
+                    else "a folder" if member.isdir()
+                    else "not a regular file")
+            raise HostileMember(f"{url}: member {name!r} is {kind}; shards hold regular "
+                                "files only")
+        if not name or name.startswith("/") or ".." in parts or (parts[0][1:2] == ":"):
+            raise HostileMember(f"{url}: member {name!r}: an absolute or climbing name")
+        if member.size > MAX_MEMBER_BYTES:
+            raise HostileMember(f"{url}: member {name!r} declares {member.size} bytes, more "
+                                f"than the {MAX_MEMBER_BYTES >> 20} MiB a member may hold")
+        data = tar.extractfile(member).read()
+        yield {"fname": name, "data": data}
+        tar.members = []  # a stream: keep no index of what was read
+
+
 def _group_entries(files: Iterable[dict[str, Any]], url: str) -> Iterator[Sample]:
     from webdataset.tariterators import base_plus_ext
 
@@ -104,12 +140,11 @@ def read_shard(url: str, start: int = 0, stop: int | None = None) -> Iterator[Sa
     of it is skipped; so is one that ends before ``stop``.
     """
     from webdataset.gopen import gopen
-    from webdataset.tariterators import tar_file_iterator
 
     count = 0
     try:
         with gopen(url, "rb") as stream:
-            samples = _group_entries(tar_file_iterator(stream), url)
+            samples = _group_entries(_members(stream, url), url)
             for sample in itertools.islice(samples, start, stop):
                 sample["meta"] = json.loads(sample.pop("meta.json", b"{}"))
                 count += 1
