@@ -240,6 +240,34 @@ def test_binary_and_oversized_config_files_are_refused(tmp_path: Path):
         load_yaml(tmp_path)
 
 
+@pytest.mark.timeout(120)
+def test_a_fifo_or_a_device_as_a_config_or_model_file_is_refused_without_blocking(
+        tmp_path: Path, capsys, monkeypatch):
+    from iicnet.app.cli import main as iicnet
+    from ray_jobs.train import main as train
+
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)  # nothing ever writes: opening it for reading would wait forever
+    with pytest.raises(ConfigError, match="config.yaml: cannot read config .a FIFO, not a "
+                       "regular file"):
+        load_yaml(fifo)
+    with pytest.raises(ConfigError, match="/dev/zero: cannot read config .a device, not a "):
+        load_yaml("/dev/zero")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert train(["--config", str(fifo)]) == 2
+    assert "config.yaml: cannot read config (a FIFO" in capsys.readouterr().err
+    # A model folder whose config.json is a FIFO: not taken for a model, exit 2, no wait.
+    model = tmp_path / "model"
+    small = Config().override(["model.blocks=1", "model.nf=4", "model.growth=4"])
+    checkpoint.save(model, IICNet(small), small)
+    (model / checkpoint.CONFIG).unlink()
+    os.mkfifo(model / checkpoint.CONFIG)
+    assert iicnet(["info", str(model)]) == 2
+    assert f"{model}: no model.safetensors with config.json" in capsys.readouterr().err
+    with pytest.raises(checkpoint.CheckpointError, match="cannot read .a FIFO"):
+        checkpoint.read_json(model / checkpoint.CONFIG)
+
+
 @pytest.mark.parametrize("config_json, message", [
     ('{"model": {"nf": 200000, "growth": 200000}}', "model.nf: 200000 exceeds"),
     ('{"model": {"blocks": 5000000}}', "model.blocks: 5000000 exceeds"),

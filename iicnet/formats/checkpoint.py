@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from iicnet.model import IICNet
 from iicnet.model.config import Config, ConfigError, from_dict
 from iicnet.storage.atomic import publishing, replacing
-from iicnet.storage.objects import sha256
+from iicnet.storage.objects import read_small_file, sha256
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -80,8 +80,7 @@ def seal(directory: str | Path) -> dict[str, Any]:
 def read_json(path: Path) -> Any:
     """A small JSON file of a checkpoint; CheckpointError naming it when it is not one."""
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_JSON_BYTES + 1)
+        data = read_small_file(path, MAX_JSON_BYTES)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     if len(data) > MAX_JSON_BYTES:

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from iicnet.model.config import Config, ConfigError, from_dict
+from iicnet.storage import read_small_file
 
 MAX_BYTES = 1 << 20
 """A config is a few hundred bytes; a bigger file is refused before it is parsed."""
@@ -16,8 +17,7 @@ def load(path: str | Path) -> Config:
     """Load a YAML (or JSON) config file; errors name the file and the field."""
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_BYTES + 1)
+        data = read_small_file(path, MAX_BYTES)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
     if len(data) > MAX_BYTES:

@@ -156,6 +156,30 @@ def sha256(source: str | Path | IO[bytes]) -> str:
     return digest.hexdigest()
 
 
+def read_small_file(path: str | Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of the local file ``path`` (a caller that gets more knows
+    the file is too large). A FIFO, a device or a socket is refused (OSError, ``strerror``
+    saying what it is) without blocking: it is opened non-blocking and checked first."""
+    import errno
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "not a regular file")
+            raise OSError(errno.EINVAL, f"{kind}, not a regular file", str(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as stream:
+            fd = -1
+            return stream.read(limit + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def read_bytes(url: str | Path) -> bytes:
     if not is_s3(url):
         return Path(url).read_bytes()
