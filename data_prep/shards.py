@@ -31,11 +31,13 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import sys
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -189,6 +191,41 @@ def _record_url(out: str, name: str) -> str:
     return storage.join(out, PROGRESS, f"{name}.json")
 
 
+LOCK = ".prep.lock"
+"""The lock file a data prep holds in a local ``--out`` while it writes there."""
+
+
+@contextlib.contextmanager
+def exclusive(out: str) -> Iterator[None]:
+    """Hold ``out``'s lock for the block: a second data prep into the same local folder is
+    refused (OutputError) instead of mixing its shards with this one's, or deleting this
+    one's temporary files as a crashed run's. Not for ``s3://`` (no locks there: one
+    writer per prefix)."""
+    import fcntl
+
+    if storage.is_s3(out):
+        yield
+        return
+    with _writing(out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        lock = open(Path(out) / LOCK, "a+")  # noqa: SIM115 (held for the block)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise OutputError(f"{out}: another data prep is writing there ({holder}); wait "
+                              "for it to finish, or give another --out") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        lock.flush()
+        yield
+    finally:
+        lock.close()
+
+
 def prepare_output(out: str) -> set[str]:
     """Create ``out`` if local, delete temporary files a crashed run left; list its files."""
     if not storage.is_s3(out):
@@ -276,6 +313,14 @@ def write_dataset(
 ) -> dict[str, Any]:
     """Pack every item into shards under ``out`` (a directory or s3:// prefix), reusing
     finished shards; returns the manifest, written to ``out/manifest.json`` last."""
+    with exclusive(out):
+        return _write_dataset(source, splits, pack, out, shard_size=shard_size,
+                              strict=strict, workers=workers, options=options)
+
+
+def _write_dataset(source: str, splits: dict[str, list[Item]], pack: Packer, out: str, *,
+                   shard_size: int, strict: bool, workers: int,
+                   options: dict[str, Any] | None) -> dict[str, Any]:
     plans = plan_shards(splits, shard_size)
     names = prepare_output(out)
     records = {}

@@ -306,3 +306,28 @@ def test_a_full_disk_stops_with_exit_2_and_a_rerun_with_space_resumes(samples, t
         manifest = read_manifest(str(out))
         listed = [s["name"] for split in manifest["splits"].values() for s in split["shards"]]
         assert sorted(listed) == sorted(p.name for p in out.glob("*.tar")) and len(listed) == 12
+
+
+def test_a_second_prep_into_a_folder_being_written_is_refused(samples, tmp_path, capsys):
+    from data_prep.shards import LOCK, exclusive
+
+    out = tmp_path / "shards"
+    args = ["davis", "--root", str(samples / "davis"), "--out", str(out), "--shard-size", "4"]
+    with exclusive(str(out)):  # a first prep, still writing
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: another data prep is writing there (pid " in err
+        assert "give another --out" in err
+        assert sorted(p.name for p in out.iterdir()) == [LOCK], "the second wrote nothing"
+    # Two real preps at once: one writes, the other is refused or finds it done; never a mix.
+    command = [sys.executable, "-m", "data_prep", *args]
+    both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in both]
+    assert sorted(code for code, _ in results) in ([0, 0], [0, 2]), results
+    for code, err in results:
+        assert code == 0 or "another data prep is writing there" in err, err
+    manifest = read_manifest(str(out))
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            assert storage.sha256(out / shard["name"]) == shard["sha256"]
