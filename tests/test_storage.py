@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 
 import pytest
 
@@ -79,3 +80,51 @@ def test_webdataset_reads_s3_through_the_registered_scheme(bucket):
     assert [(s["__key__"], s["txt"]) for s in dataset] == [
         ("a", b"aaa"), ("b", b"bbb"), ("c", b"ccc")
     ]
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["into-a-folder", "new-folder"])
+def test_two_writers_adding_to_one_folder_never_mix_their_files(tmp_path, monkeypatch,
+                                                                exists):
+    """What two ``iicnet restore -o DIR --overwrite`` at once do: each adds its K files; the
+    folder ends with one writer's whole set, never some of each."""
+    import threading
+
+    from iicnet.storage import atomic
+
+    target = tmp_path / "restored"
+    if exists:
+        target.mkdir()
+        (target / "other.txt").write_text("kept")
+    real_replace = atomic.os.replace
+
+    first = {"A": 0.06, "B": 0.035}  # A starts later, then moves faster: the moves overlap
+    each = {"A": 0.01, "B": 0.035}
+    begun: set[str] = set()
+
+    def slow_replace(source, destination):
+        tag = threading.current_thread().name
+        time.sleep(each[tag] if tag in begun else first[tag])
+        begun.add(tag)
+        real_replace(source, destination)
+
+    monkeypatch.setattr(atomic.os, "replace", slow_replace)
+    names = [f"{j:02d}-frame.png" for j in range(6)]
+    start = threading.Barrier(2)
+
+    def writer(tag: str) -> None:
+        with atomic.adding(target) as tmp:
+            for name in names:
+                (tmp / name).write_text(tag)
+            start.wait()
+
+    threads = [threading.Thread(target=writer, args=(tag,), name=tag) for tag in "AB"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    contents = {(target / name).read_text() for name in names}
+    assert len(contents) == 1, f"a mix of both writers' files: {contents}"
+    assert not [p for p in target.iterdir() if p.name.startswith(".")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    if exists:
+        assert (target / "other.txt").read_text() == "kept"

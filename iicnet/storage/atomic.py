@@ -67,19 +67,37 @@ def publishing(directory: str | Path) -> Iterator[Path]:
 def adding(directory: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder; when the block succeeds its files are moved into
     ``directory`` (created if missing; other files there are kept, same names replaced).
-    A block that raises adds nothing."""
+    A block that raises adds nothing. Two processes adding to one folder at once never mix
+    their files: the moves happen under an exclusive lock on the folder, so the last one
+    to finish leaves its whole set."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory}: exists and is not a folder")
-    if not directory.exists():
-        with publishing(directory) as tmp:
-            yield tmp
-        return
-    tmp = temp_name(directory / "staging")
+    tmp = temp_name(directory / "staging" if directory.is_dir() else directory)
     tmp.mkdir()
     try:
         yield tmp
-        for item in sorted(tmp.iterdir()):
-            os.replace(item, directory / item.name)
+        if not directory.exists():
+            try:
+                tmp.rename(directory)  # the whole folder at once
+                return
+            except OSError:  # another process made it meanwhile: add to it
+                pass
+        with locked(directory):
+            for item in sorted(tmp.iterdir()):
+                os.replace(item, directory / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``directory`` itself for the block (waiting for it)."""
+    import fcntl
+
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
