@@ -179,6 +179,7 @@ def training_record(uri: str, run_name: str | None = None) -> dict:
             "hours": round(training_seconds([m.timestamp for m in history]) / 3600, 2),
             "precision": tags.get("precision", "float32"), "workers": tags.get("num_workers"),
             "data": tags.get("data"),
+            **({"fine_tuned_from": tags["init"]} if tags.get("init") else {}),
             "val_restored_psnr_crops": run.data.metrics.get("val/restored_psnr")}
 
 
