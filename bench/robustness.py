@@ -63,6 +63,13 @@ TARGETS = {"robust_q90_within_own_lossless_db": 3.0, "robust_q90_above_baseline_
            "embedding_below_baseline_at_most_db": 1.5}
 
 
+MEASURE = {"jpeg": "Pillow's encoder at each quality, its defaults (4:2:0 chroma), decoded "
+                   "by Pillow; iicnet.formats.embedding_png.reencode_jpeg",
+           "metric": "RGB PSNR (dB) / SSIM per image, mean over windows; restored includes "
+                     "the reference; embedding against the task's reference"}
+"""How both modes measure, as their JSON records it."""
+
+
 def configure(path: Path, steps: int) -> Config:
     cfg = load(path)
     factor = steps / cfg.train.steps
@@ -211,10 +218,7 @@ def main() -> int:
                          "clips": {s: [sh["name"] for sh in manifest["splits"][s]["shards"]]
                                    for s in HELD_OUT},
                          "eval_crop": args.eval_crop},
-            "jpeg": "Pillow's encoder at each quality, its defaults (4:2:0 chroma), decoded "
-                    "by Pillow; iicnet.formats.embedding_png.reencode_jpeg",
-            "metric": "RGB PSNR (dB) / SSIM per image, mean over windows; restored includes "
-                      "the reference; embedding against the task's reference",
+            **MEASURE,
             "command": "python bench/robustness.py " + " ".join(sys.argv[1:]),
             "total_wall_s": round(time.perf_counter() - began, 1),
         },
@@ -264,10 +268,7 @@ def compare(args: argparse.Namespace) -> int:
         "setup": {
             "configs": configs,
             "held_out": {"data": str(args.data), "measured_on": MEASURED_ON},
-            "jpeg": "Pillow's encoder at each quality, its defaults (4:2:0 chroma), decoded "
-                    "by Pillow; iicnet.formats.embedding_png.reencode_jpeg",
-            "metric": "RGB PSNR (dB) / SSIM per image, mean over windows; restored includes "
-                      "the reference; embedding against the task's reference",
+            **MEASURE,
             "command": "python bench/robustness.py " + " ".join(sys.argv[1:]),
             "total_wall_s": round(time.perf_counter() - began, 1),
         },
