@@ -3,8 +3,9 @@ starts (``run-config.json``, beside its checkpoints), read back when it is resum
 
 A resumed run goes on with the config it was started with (its steps, schedule, cadence),
 not with whatever the resuming command line would build afresh; only what that command line
-gives explicitly (``--config``, ``--set``, ``--steps``) changes it, and the changes are
-listed. The architecture (``model.*``) cannot change: the checkpoints are of the first one.
+gives explicitly (``--config``, ``--set``, ``--steps``, ``--experiment``, ``--data``,
+``--val-data``, ``--num-workers``) changes it, and the changes are listed. The architecture
+(``model.*``) cannot change: the checkpoints are of the first one.
 Runs written before this file existed are resumed with the config of their newest
 checkpoint (a training checkpoint holds the whole config).
 """
@@ -18,10 +19,15 @@ RECORD = "run-config.json"
 """The recorded config's file name in the run's storage folder."""
 
 
-def location(storage_path: str, name: str, filesystem: Any, file: str = RECORD) -> str:
-    """Where ``file`` of run ``name`` is: a local path or an ``s3://`` URL."""
-    folder = f"{storage_path}/{name}"
-    return f"{folder}/{file}" if filesystem is None else f"s3://{folder}/{file}"
+def url(path: str, filesystem: Any) -> str:
+    """A path of the run storage (pyarrow's form: no scheme for S3) as :mod:`iicnet.storage`
+    takes it: the local path, or an ``s3://`` URL."""
+    return path if filesystem is None else f"s3://{path}"
+
+
+def location(storage_path: str, name: str, filesystem: Any) -> str:
+    """Where run ``name``'s recorded recipe is."""
+    return url(f"{storage_path}/{name}/{RECORD}", filesystem)
 
 
 @dataclass
@@ -63,7 +69,7 @@ def recorded(storage_path: str, name: str, filesystem: Any) -> Recorded | None:
     from ray_jobs.worker import step_folders
 
     candidates = [location(storage_path, name, filesystem)]
-    candidates += [f"{folder}/{CONFIG}" if filesystem is None else f"s3://{folder}/{CONFIG}"
+    candidates += [url(f"{folder}/{CONFIG}", filesystem)
                    for folder in step_folders(f"{storage_path}/{name}", filesystem)]
     for where in candidates:
         if not storage.exists(where):

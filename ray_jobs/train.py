@@ -33,8 +33,8 @@ step (:func:`ray_jobs.worker.halted`). Training that fails once the ``--max-fail
 restarts are used up exits with status 2 and one line saying why and how to resume; Ctrl-C
 or SIGTERM makes the workers checkpoint the step they are at (:mod:`ray_jobs.stopping`), marks
 the run KILLED and exits with status 130 (143 for SIGTERM), saying how to resume. A resumed
-run goes on with its own recorded config (:mod:`ray_jobs.recorded`); ``--config``, ``--set``
-and ``--steps`` change it only when given, and the changes are printed.
+run goes on with its own recorded recipe (:mod:`ray_jobs.recorded`): config, experiment, data
+and workers, changed only by the options given with ``--resume``, each change printed.
 """
 
 from __future__ import annotations
@@ -136,8 +136,9 @@ def continued(args: argparse.Namespace, storage_path: str, filesystem: Any, cfg)
         given, kept = getattr(args, option), getattr(earlier, option)
         if given is None:
             setattr(args, option, kept)
-        elif kept is not None and str(given) != str(kept) and (
-                option not in ("data", "val_data") or storage.absolute(given) != kept):
+            continue
+        shown = storage.absolute(given) if option in ("data", "val_data") else given
+        if kept is not None and str(shown) != str(kept):
             changes.append(f"--{option.replace('_', '-')}: {kept!r} -> {given!r}")
     print(f"run {name} goes on with its recorded recipe ({earlier.where})" + (
         "; changed by this command line: " + ", ".join(changes) if changes else ""),
