@@ -8,14 +8,17 @@ The spec grammar (``FIELD`` is any ``section.field`` of :class:`iicnet.model.con
     choice:V1,V2,...      one of the values, each read as YAML (2, 0.5, true, haar)
 
 For example ``loss.lambda_res=loguniform:0.1:10``, ``model.blocks=choice:2,4,8``,
-``optim.lr=uniform:1.0e-4:5.0e-4``. Float ranges suit float fields only; an integer field
+``optim.lr=uniform:1.0e-4:5.0e-4``. Fields joined by ``+`` take one value together:
+``model.nf+model.growth=choice:8,16`` searches a width, each trial's ``nf`` equal to its
+``growth``. Float ranges suit float fields only; an integer field
 takes ``randint`` or ``choice``; any other field takes ``choice``. Every bound and choice is
 checked against the config before anything runs, so ``model.blocks=choice:0,2`` fails at
 once with the config's own message.
 
 The default space (:func:`default_space`) is the question the sweep exists for: the three loss
 weights, log-uniform around the published values (1, 0.001, 3), and the block count at half,
-the same and one and a half times the config's.
+the same and one and a half times the config's. A grid search (:func:`to_tune` with
+``grid=True``) takes only ``choice`` dimensions and runs every combination of them.
 """
 
 from __future__ import annotations
@@ -39,16 +42,24 @@ class Dimension:
     args: tuple[Any, ...]
 
     @property
+    def fields(self) -> tuple[str, ...]:
+        """The config fields this dimension sets (several when joined by ``+``)."""
+        return tuple(self.field.split("+"))
+
+    @property
     def spec(self) -> str:
         """The ``FIELD=SPEC`` string this dimension reads back as."""
         if self.kind == "choice":
             return f"{self.field}=choice:{','.join(_scalar(v) for v in self.args)}"
         return f"{self.field}={self.kind}:{':'.join(_scalar(v) for v in self.args)}"
 
-    def to_tune(self) -> Any:
-        """The Ray Tune search domain (``tune.loguniform(...)`` etc.)."""
+    def to_tune(self, grid: bool = False) -> Any:
+        """The Ray Tune search domain (``tune.loguniform(...)`` etc.); with ``grid``, a
+        ``choice`` as ``tune.grid_search`` (every value, in order)."""
         from ray import tune
 
+        if grid:  # checked by grid_size when the sweep was set up
+            return tune.grid_search(list(self.args))
         if self.kind == "choice":
             return tune.choice(list(self.args))
         if self.kind == "randint":
@@ -71,10 +82,15 @@ def parse(item: str, base: Config) -> Dimension:
         raise ConfigError(f"--space {item!r}: expected FIELD=KIND:ARGS with KIND one of "
                           f"{', '.join(KINDS)} (e.g. loss.lambda_res=loguniform:0.1:10)")
     flat = base.flat()
-    if field not in flat:
-        raise ConfigError(f"--space {item!r}: unknown field {field!r} (fields: section.name, "
-                          f"e.g. {', '.join(list(flat)[:3])}, ...)")
-    current = flat[field]
+    parts = [part.strip() for part in field.split("+")]
+    for part in parts:
+        if part not in flat:
+            raise ConfigError(f"--space {item!r}: unknown field {part!r} (fields: "
+                              f"section.name, e.g. {', '.join(list(flat)[:3])}, ...)")
+    if len(set(parts)) < len(parts):
+        raise ConfigError(f"--space {item!r}: a field is named twice")
+    field = "+".join(parts)
+    current = flat[parts[0]]
     if kind == "choice":
         values = tuple(_value(v) for v in rest.split(",") if v.strip())
         if not values:
@@ -132,9 +148,22 @@ def apply(base: Config, values: dict[str, Any]) -> Config:
     """``base`` with ``{"section.field": value}`` set; validated like a loaded config."""
     data = base.to_dict()
     for key, value in values.items():
-        section, _, name = key.partition(".")
-        data[section][name] = value
+        for part in key.split("+"):
+            section, _, name = part.partition(".")
+            data[section][name] = value
     return from_dict(data)
+
+
+def grid_size(space: list[Dimension]) -> int:
+    """How many combinations a grid over ``space`` runs; :class:`ConfigError` for a
+    dimension that is not a ``choice``."""
+    size = 1
+    for dim in space:
+        if dim.kind != "choice":
+            raise ConfigError(f"--search grid: {dim.spec} is not a choice; a grid takes "
+                              "FIELD=choice:V1,V2,... dimensions only")
+        size *= len(dim.args)
+    return size
 
 
 def default_space(base: Config) -> list[Dimension]:
@@ -149,17 +178,27 @@ def default_space(base: Config) -> list[Dimension]:
     ]
 
 
-def build(base: Config, specs: list[str], fixed: list[str]) -> list[Dimension]:
-    """The searched dimensions: the default space, where ``specs`` (``--space``) add or
-    replace fields and fields named in ``fixed`` (the ``--set`` overrides) are left out."""
-    space = {d.field: d for d in default_space(base)}
+def build(base: Config, specs: list[str], fixed: list[str],
+          defaults: bool = True) -> list[Dimension]:
+    """The searched dimensions: the default space (unless ``defaults`` is false), where
+    ``specs`` (``--space``) add or replace fields and fields named in ``fixed`` (the
+    ``--set`` overrides) are left out."""
+    space = {d.field: d for d in default_space(base)} if defaults else {}
     given = [parse(item, base) for item in specs]
+    named = [f for d in given for f in d.fields]
+    twice = sorted({f for f in named if named.count(f) > 1})
+    if twice:
+        raise ConfigError(f"--space: {', '.join(twice)} is searched by two dimensions; keep one")
     for field in fixed:
-        if field in {d.field for d in given}:
+        if field in named:
             raise ConfigError(f"{field}: both --set and --space name it; keep one")
         space.pop(field, None)
+    for dim in given:
+        for field in dim.fields:
+            space.pop(field, None)
     space.update({d.field: d for d in given})
     if not space:
-        raise ConfigError("--space: nothing left to search (every default field is fixed by "
-                          "--set); add --space FIELD=SPEC")
+        why = ("every default field is fixed by --set" if defaults
+               else "a grid searches the --space dimensions only")
+        raise ConfigError(f"--space: nothing left to search ({why}); add --space FIELD=SPEC")
     return list(space.values())

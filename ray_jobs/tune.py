@@ -118,9 +118,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"embedded default {EMBEDDED['steps']})")
     parser.add_argument("--val-every", type=int, help="validate (and report to Tune) every N "
                         f"steps (train.val_every; embedded default {EMBEDDED['val_every']})")
-    parser.add_argument("--search", choices=("optuna", "random"), default="optuna",
-                        help="search algorithm: Optuna's TPE through Ray Tune, or random")
-    parser.add_argument("--num-samples", type=int, default=4, help="trials (default 4)")
+    parser.add_argument("--search", choices=("optuna", "random", "grid"), default="optuna",
+                        help="search algorithm: Optuna's TPE through Ray Tune, random, or "
+                        "grid (every combination of the --space choices, and nothing of "
+                        "the default space)")
+    parser.add_argument("--num-samples", type=int, help="trials (default 4); with --search "
+                        "grid, passes over the grid (default 1)")
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default: as many "
                         "as this machine's cores or GPUs hold; on a cluster, every trial, "
                         "which the autoscaler meets by adding nodes)")
@@ -178,9 +181,12 @@ def new_settings(args: argparse.Namespace) -> dict[str, Any]:
     if embedded and "train.log_every" not in fixed:
         overrides.append(f"train.log_every={max(1, val_every // 2)}")
     cfg = cfg.override(overrides)
-    space = sweep_space.build(cfg, args.space, fixed)
+    grid = args.search == "grid"
+    space = sweep_space.build(cfg, args.space, fixed, defaults=not grid)
+    samples = args.num_samples if args.num_samples is not None else 1 if grid else 4
+    trials = samples * sweep_space.grid_size(space) if grid else samples
     grace = args.grace_steps if args.grace_steps is not None else val_every
-    for flag, value in (("--num-samples", args.num_samples),
+    for flag, value in (("--num-samples", samples),
                         ("--workers-per-trial", args.workers_per_trial),
                         ("--max-concurrent", args.max_concurrent),
                         ("--grace-steps", grace)):
@@ -202,7 +208,7 @@ def new_settings(args: argparse.Namespace) -> dict[str, Any]:
         "name": name, "experiment": experiment, "config": cfg.to_dict(),
         "space": [d.spec for d in space], "data": args.data and storage.absolute(args.data),
         "val_data": args.val_data and storage.absolute(args.val_data),
-        "search": args.search, "seed": args.seed, "num_samples": args.num_samples,
+        "search": args.search, "seed": args.seed, "num_samples": samples, "trials": trials,
         "max_concurrent": args.max_concurrent, "workers_per_trial": args.workers_per_trial,
         "gpu": args.gpu, "min_embedding_psnr": min_emb, "penalty": args.penalty,
         "grace_steps": grace, "reduction_factor": args.reduction_factor,
@@ -221,7 +227,7 @@ def resources(settings: dict[str, Any]) -> dict[str, Any]:
     """
     workers, gpu = settings["workers_per_trial"], settings["gpu"]
     if common.on_cluster():
-        return {"max_concurrent": settings["max_concurrent"] or settings["num_samples"],
+        return {"max_concurrent": settings["max_concurrent"] or planned_trials(settings),
                 "num_cpus": None, "threads": None, "per_worker": None}
     cpus = os.cpu_count() or 1
     if gpu:  # a GPU worker asks for its GPU only; the drivers need a CPU each
@@ -234,6 +240,12 @@ def resources(settings: dict[str, Any]) -> dict[str, Any]:
     threads = max(1, cpus // (concurrent * workers))
     return {"max_concurrent": concurrent, "num_cpus": concurrent * (workers * threads + 1),
             "threads": threads, "per_worker": {"CPU": threads}}
+
+
+def planned_trials(settings: dict[str, Any]) -> int:
+    """How many trials the sweep runs (a grid's combinations times its passes); sweeps
+    written before grids record only ``num_samples``."""
+    return settings.get("trials", settings["num_samples"])
 
 
 def objective_callback(min_embedding_psnr: float, penalty: float):
@@ -310,13 +322,14 @@ def build_tuner(settings: dict[str, Any], job: dict[str, Any], max_concurrent: i
                                   resume_unfinished=True, restart_errored=True,
                                   storage_filesystem=filesystem)
     base = from_dict(settings["config"])
-    space = {d.field: d.to_tune() for d in (sweep_space.parse(s, base)
-                                            for s in settings["space"])}
+    grid = settings["search"] == "grid"
+    space = {d.field: d.to_tune(grid) for d in (sweep_space.parse(s, base)
+                                                for s in settings["space"])}
     if settings["search"] == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         search = OptunaSearch(seed=settings["seed"])
-    else:
+    else:  # random, and grid (its grid_search domains)
         from ray.tune.search import BasicVariantGenerator
 
         search = BasicVariantGenerator(random_state=settings["seed"])
@@ -397,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
            "storage_path": storage_path, "filesystem": filesystem,
            "max_failures": settings["max_failures"],
            "min_embedding_psnr": settings["min_embedding_psnr"], "penalty": settings["penalty"]}
-    print(f"sweep {name}{' (resumed)' if resume else ''}: {settings['num_samples']} trials of "
+    print(f"sweep {name}{' (resumed)' if resume else ''}: {planned_trials(settings)} trials of "
           f"{base.data.task} ({settings['search']} search, ASHA), {max_concurrent} at a time, "
           f"{settings['workers_per_trial']} {'GPU' if settings['gpu'] else 'CPU'} worker(s) "
           f"each, {base.train.steps} steps; searching {', '.join(settings['space'])}; "
@@ -411,10 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     trials = load_trials(results.experiment_path, results.filesystem)
     unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
     tracker = registry.Tracker(uri, parent)
-    if unfinished or len(trials) < settings["num_samples"]:
+    if unfinished or len(trials) < planned_trials(settings):
         tracker.finish("KILLED")
         print(f"\nsweep {name} interrupted with {len(trials) - len(unfinished)} of "
-              f"{settings['num_samples']} trials finished; continue it with:\n  python "
+              f"{planned_trials(settings)} trials finished; continue it with:\n  python "
               f"ray_jobs/tune.py --resume {name}"
               + (f" --storage {storage_url}" if args.storage else ""), flush=True)
         return INTERRUPTED
