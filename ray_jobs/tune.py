@@ -441,8 +441,9 @@ def log_sweep_params(uri: str, run_id: str, settings: dict[str, Any]) -> None:
 
     params = {f"tune.{k}": v for k, v in settings.items()
               if k not in ("config", "space", "name", "parent_run_id")}
-    params.update({f"tune.space.{s.partition('=')[0]}": s.partition("=")[2]
-                   for s in settings["space"]})
+    for item in settings["space"]:  # a tied FIELD+FIELD: one param per field (MLflow
+        fields, _, spec = item.partition("=")  # keys take no "+")
+        params.update({f"tune.space.{field}": spec for field in fields.split("+")})
     registry.Tracker(uri, run_id).params(params)
 
 
