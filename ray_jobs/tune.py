@@ -332,7 +332,11 @@ def build_tuner(settings: dict[str, Any], job: dict[str, Any], max_concurrent: i
     else:  # random, and grid (its grid_search domains)
         from ray.tune.search import BasicVariantGenerator
 
-        search = BasicVariantGenerator(random_state=settings["seed"])
+        # Tune's max_concurrent_trials does not reach a generator passed in (it warns and
+        # starts every trial's driver at once, leaving no CPU for their workers): the
+        # generator takes the limit itself.
+        search = BasicVariantGenerator(random_state=settings["seed"],
+                                       max_concurrent=max_concurrent)
     scheduler = ASHAScheduler(time_attr="step", max_t=base.train.steps,
                               grace_period=settings["grace_steps"],
                               reduction_factor=settings["reduction_factor"])
