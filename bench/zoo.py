@@ -13,6 +13,12 @@ and ``bench/results/zoo.json`` with the plot of the speed/quality front,
 
     python bench/zoo.py ship NAME --from MODEL --summary TEXT [--run RUN] [--data SHARDS]
     python bench/zoo.py measure [--data SHARDS]
+    python bench/zoo.py front SWEEP_FOLDER [--data SHARDS]
+
+``front`` measures every trial of a finished ``ray_jobs/tune.py`` sweep (its ``--storage``
+folder of that sweep's name: the final checkpoint of each trial) the same way, with the
+sweep's own validation scores beside them, into ``bench/results/front.json`` and
+``front.png``: the speed/quality front of architectures trained for one budget.
 
 ``MODEL`` is anything ``iicnet`` loads (``models:/iicnet-video@candidate``, a checkpoint
 folder); a registered model's MLflow run gives the card its training steps, hours, precision
@@ -254,7 +260,58 @@ def measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def plot(report: dict, out: Path) -> None:
+def front(args: argparse.Namespace) -> int:
+    """Every trial of the sweep in ``args.sweep``, measured as the shipped models are."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    sweep = Path(args.sweep)
+    settings = json.loads((sweep / "iicnet-sweep.json").read_text())
+    trials = sorted(p for p in (sweep / "train").iterdir() if p.is_dir())
+    if not trials:
+        raise SystemExit(f"{sweep}/train: no trial folders")
+    models, frames = {}, None
+    for trial in trials:
+        steps = sorted(trial.glob("step-*"))
+        if not steps:
+            print(f"{trial.name}: no checkpoint; left out", flush=True)
+            continue
+        folder = steps[-1]
+        cfg = checkpoint.load_config(folder)
+        m = cfg.model
+        label = f"b{m.blocks}-nf{m.nf}-g{m.growth}"
+        print(f"{trial.name} ({label}, {folder.name}): held-out full frames ...", flush=True)
+        scores = held_out_scores(str(folder), cfg, str(args.data))
+        frames = frames or held_out_clip(str(args.data), cfg)
+        speed = cpu_speed(str(folder), frames)
+        models[label] = {"name": label, "trial": trial.name, "checkpoint": folder.name,
+                         "blocks": m.blocks, "nf": m.nf, "growth": m.growth,
+                         "crop": cfg.data.crop, "steps": cfg.train.steps,
+                         "parameters": parameter_count(cfg.model), "scores": scores,
+                         "cpu_s_per_megapixel": speed["s_per_megapixel"], "speed": speed}
+        print(f"{label}: embedding {scores['embedding_psnr']:.2f} dB, restored per frame "
+              f"{scores['restored_psnr_per_frame']}, worst margin "
+              f"{scores['worst_margin_db']:+.2f} dB, {speed['s_per_megapixel']:.2f} s/MP",
+              flush=True)
+    base = settings["config"]
+    report = {"benchmark": "front: one sweep's architectures on held-out full frames",
+              "sweep": settings["name"], "space": settings["space"],
+              "search": settings["search"],
+              "budget": {"steps": base["train"]["steps"], "crop": base["data"]["crop"],
+                         "batch_size": base["data"]["batch_size"],
+                         "lr": base["optim"]["lr"], "milestones": base["optim"]["milestones"],
+                         "workers_per_trial": settings["workers_per_trial"]},
+              "models": models, "machine": describe(), "data": str(args.data),
+              "machine_load_average": [round(x, 2) for x in os.getloadavg()]}
+    out = RESULTS / "front.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, RESULTS / "front.png",
+         title=f"sweep {settings['name']}: {len(models)} architectures, "
+               f"{base['train']['steps']} steps each")
+    print(f"wrote {out} and {RESULTS / 'front.png'}")
+    return 0
+
+
+def plot(report: dict, out: Path,
+         title: str = "IICNet zoo: speed and quality (video, K=3)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,7 +329,7 @@ def plot(report: dict, out: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("CPU embed + restore, seconds per frame megapixel (log)")
     ax.set_ylabel("PSNR on held-out full frames (dB)")
-    ax.set_title("IICNet zoo: speed and quality (video, K=3)")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -291,10 +348,13 @@ def main() -> int:
     m = commands.add_parser("measure", help="measure shipped models (default: all)")
     m.add_argument("names", nargs="*")
     m.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    f = commands.add_parser("front", help="measure every trial of a finished sweep")
+    f.add_argument("sweep", help="the sweep's folder in its --storage (with iicnet-sweep.json)")
+    f.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
     if not (Path(args.data) / "manifest.json").is_file():
         raise SystemExit(f"{args.data}: no shards; build the photo set with `make photos`")
-    return ship(args) if args.command == "ship" else measure(args)
+    return {"ship": ship, "measure": measure, "front": front}[args.command](args)
 
 
 if __name__ == "__main__":

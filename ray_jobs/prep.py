@@ -53,9 +53,11 @@ from data_prep import cli as data_prep_cli
 from data_prep.shards import (
     MANIFEST,
     BadFile,
+    OutputError,
     PrepError,
     Report,
     ShardPlan,
+    exclusive,
     finished_record,
     plan_shards,
     prepare_output,
@@ -184,6 +186,12 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         raise PrepError(f"--root {args.root}: not a directory")
     began = time.monotonic()
     plans = plan_shards(module.plan(args.root, args), args.shard_size)
+    with exclusive(args.out):  # a second prep into the same local folder is refused
+        return _prepare(args, module, plans, began)
+
+
+def _prepare(args: argparse.Namespace, module: Any, plans: list[ShardPlan],
+             began: float) -> dict[str, Any]:
     names = prepare_output(args.out)
     records = {}
     for plan in plans:
@@ -232,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc.cause, PrepError | StorageError):
             raise
         return common.fail(str(exc.cause), code=1)
+    except OutputError as exc:  # an output that cannot be written, or is being written
+        return common.fail(str(exc))
     except (PrepError, StorageError) as exc:
         return common.fail(str(exc), code=1)
     except ray.exceptions.RayError as exc:

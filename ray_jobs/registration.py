@@ -23,7 +23,8 @@ def register_directory(cfg, directory: str, uri: str, run_id: str, *,
                                         metrics=scores, step=step)
     card = registry.model_card(cfg, scores, data=data, step=step, run_id=run_id)
     version = registry.register(uri, model_uri, name, alias=None, description=card, tags={
-        **{k: f"{v:.4f}" for k, v in scores.items()}, "step": str(step), "run_id": run_id})
+        **{k: f"{v:.4f}" for k, v in scores.items()}, "step": str(step), "run_id": run_id,
+        registry.MEASURED_ON: cfg.train.val_measure})
     claim = registry.claim_alias(uri, name, registry.DEFAULT_ALIAS, version, registry.RANKED_BY,
                                  force=force_alias)
     registry.Tracker(uri, run_id).tags({REGISTERED_TAG: f"models:/{name}/{version}"})

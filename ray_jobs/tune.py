@@ -50,9 +50,11 @@ its state (``tuner.pkl``, the experiment and searcher state), so whoever can wri
 storage could run code here: each time a sweep stops, the sha256 of that state goes into its
 MLflow parent run (tag ``iicnet.sweep_state_sha256``), and ``--resume`` refuses, before Ray
 reads anything, storage whose state differs or was never sealed (a driver that was killed).
-A new sweep never reuses an existing folder. Ctrl+C (or SIGUSR1) interrupts a sweep
-so that it can be resumed (exit status 3); the test hook ``IICNET_TUNE_INTERRUPT_AFTER=N``
-does that itself once N trials have finished. On a cluster, ``--storage`` must be shared by
+A new sweep never reuses an existing folder. Ctrl+C, SIGTERM (what ``kill``, ``ray job
+stop`` and a scheduler's shutdown send) or SIGUSR1 interrupts a sweep so that it can be
+resumed (exit status 3): the experiment state is saved and sealed one last time. The test
+hook ``IICNET_TUNE_INTERRUPT_AFTER=N`` sends the process a SIGTERM once N trials have
+finished. On a cluster, ``--storage`` must be shared by
 all nodes (``s3://...``).
 
 With no arguments, the embedded default: 4 trials of the small video variant
@@ -92,8 +94,8 @@ from ray_jobs.sweep_state import (
 )
 
 TUNED_ALIAS = "tuned"
-EMBEDDED = {"steps": 60, "val_every": 20, "min_embedding_psnr": 20.0}
-"""The embedded default's run length and threshold (with no --config)."""
+EMBEDDED = {"steps": 60, "val_every": 20, "val_items": 2, "min_embedding_psnr": 20.0}
+"""The embedded default's run length, validation items and threshold (with no --config)."""
 INTERRUPTED = 3
 TRIAL_TAG = "iicnet.trial_id"
 
@@ -180,6 +182,8 @@ def new_settings(args: argparse.Namespace) -> dict[str, Any]:
                  f"train.checkpoint_every={val_every}"]
     if embedded and "train.log_every" not in fixed:
         overrides.append(f"train.log_every={max(1, val_every // 2)}")
+    if embedded and "train.val_items" not in fixed:
+        overrides.append(f"train.val_items={EMBEDDED['val_items']}")
     cfg = cfg.override(overrides)
     grid = args.search == "grid"
     space = sweep_space.build(cfg, args.space, fixed, defaults=not grid)
@@ -288,7 +292,7 @@ def run_trial(values: dict[str, Any], job: dict[str, Any]) -> None:
 
 
 def interrupt_hook():
-    """``IICNET_TUNE_INTERRUPT_AFTER=N``: interrupt the sweep (as Ctrl+C would) once N trials
+    """``IICNET_TUNE_INTERRUPT_AFTER=N``: interrupt the sweep (a SIGTERM) once N trials
     have finished; None when unset."""
     if not os.environ.get("IICNET_TUNE_INTERRUPT_AFTER"):
         return None
@@ -304,7 +308,7 @@ def interrupt_hook():
             if after and self.done == int(after):
                 print(f"IICNET_TUNE_INTERRUPT_AFTER={after}: interrupting the sweep",
                       flush=True)
-                os.kill(os.getpid(), signal.SIGUSR1)
+                os.kill(os.getpid(), signal.SIGTERM)
 
     return InterruptAfter()
 
@@ -421,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
           f"MLflow parent run {parent} at {registry.redact(uri)}", flush=True)
 
     tuner = build_tuner(settings, job, max_concurrent, storage_path, filesystem, resume)
+    # Tune stops cleanly (state saved, trials paused) on SIGINT and SIGUSR1; a SIGTERM would
+    # end the process with the state unsealed, and --resume would then refuse it.
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
     try:
         results = tuner.fit()
     finally:
@@ -558,7 +565,7 @@ def register_best(row: dict[str, Any], base, settings: dict[str, Any], uri: str,
         model_uri = registry.log_checkpoint(uri, row["run_id"], directory)
     tags = {"sweep": settings["name"], "trial_id": row["trial_id"], "run_id": row["run_id"],
             "step": row["step"], "objective": f"{row['objective']:.4f}",
-            "feasible": row["feasible"],
+            "feasible": row["feasible"], registry.MEASURED_ON: base.train.val_measure,
             **{f"val/{k}": f"{row[k]:.4f}" for k in sweep_report.SCORE_COLUMNS}}
     version = registry.register(uri, model_uri, name, alias=TUNED_ALIAS, tags=tags)
     return {"name": name, "version": version, "model_uri": model_uri}

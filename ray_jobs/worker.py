@@ -6,7 +6,9 @@ streams its own share of the training shards (``iicnet.data``, resampled, so the
 epochs) and steps an :class:`iicnet.training.Trainer` under DDP (gloo on CPU, nccl on GPU).
 Rank 0 logs losses, learning rate, samples/s and the fraction of step time spent waiting for
 data every ``train.log_every`` steps; every ``train.val_every`` steps all ranks validate
-their share of the validation split and rank 0 logs the scores and a PNG grid; every
+their share of the validation split (:mod:`ray_jobs.validation`: full frames by default,
+through the code of ``iicnet eval``) and rank 0 logs the scores, the whole evaluation as
+JSON and a PNG grid; every
 ``train.checkpoint_every`` steps (and at the end) :func:`save_and_report` hands a training
 checkpoint to ``ray.train.report``.
 
@@ -151,6 +153,7 @@ def train_steps(job: dict[str, Any]) -> None:
     from iicnet.data import make_loader
     from iicnet.model.config import from_dict
     from iicnet.training import Trainer, all_reduce_sum
+    from ray_jobs import validation
 
     cfg = from_dict(job["config"])
     # Ray Train logs each report and checkpoint at INFO; the console shows rank 0's own lines.
@@ -195,7 +198,6 @@ def train_steps(job: dict[str, Any]) -> None:
     seed = cfg.train.seed * 1_000_003 + start
     batches = iter(make_loader(job["data"], cfg, split="train", train=True, rank=rank,
                                world_size=world, resampled=True, seed=seed))
-    val_cfg = cfg.override(["data.loader_workers=0"])
     meter = Meter()
     drained = False
     t, steps = cfg.train, cfg.train.steps
@@ -250,11 +252,10 @@ def train_steps(job: dict[str, Any]) -> None:
             meter.reset()
         scores: dict[str, float] = {}
         if step % t.val_every == 0 or final:
-            val = trainer.validate(make_loader(job["val_data"], val_cfg, split="val",
-                                               train=False, rank=rank, world_size=world))
-            scores = val.means()
+            scores, evaluation = validation.validate(trainer, job["val_data"], cfg, rank, world)
             if tracker and step > logged["val"]:
                 tracker.metrics(scores, step)
+                tracker.json(evaluation, f"validation/step-{step:08d}.json")
                 picture = validation_picture(trainer, job["val_data"], cfg)
                 if picture is not None:
                     tracker.image(picture, "validation", step)

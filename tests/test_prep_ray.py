@@ -158,3 +158,18 @@ def test_same_manifest_on_s3_with_credentials_handed_to_tasks(
     secret = s3.secret_key.encode()
     assert not [p for p in local_ray.rglob("*") if p.is_file() and secret in p.read_bytes()]
     assert ray.get(endpoint.remote()) != s3.endpoint  # set only while a task runs
+
+
+def test_a_second_ray_prep_into_a_folder_being_written_is_refused(samples, tmp_path, capsys):
+    """The Ray front end takes the same lock as ``python -m data_prep``: refused with exit 2
+    before any Ray task, and nothing of the first prep's folder touched."""
+    from data_prep.shards import LOCK, exclusive
+
+    out = tmp_path / "shards"
+    with exclusive(str(out)):  # a first prep (of either front end), still writing
+        (out / "train-000000.tar.tmp-1234").write_bytes(b"being written")
+        assert main(["davis", "--root", str(samples / "davis"), "--out", str(out),
+                     "--shard-size", "4", "--address", "127.0.0.1:1"]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: another data prep is writing there (pid {os.getpid()} since" in err
+        assert sorted(p.name for p in out.iterdir()) == [LOCK, "train-000000.tar.tmp-1234"]

@@ -2,7 +2,7 @@
 
 One tiny sweep (3 trials of a 4-step, 4-channel model, 2 at a time) runs as the job's command
 line in a subprocess with its own local Ray. It interrupts itself once its first trial has
-finished (``IICNET_TUNE_INTERRUPT_AFTER=1``, as Ctrl+C would) and is then resumed with
+finished (``IICNET_TUNE_INTERRUPT_AFTER=1`` sends it a SIGTERM) and is then resumed with
 ``--resume``; the tests read what both runs left in Tune's storage, in MLflow and on disk.
 """
 

@@ -100,6 +100,28 @@ class RoundTrip:
                 side_below |= below and i > 0
         self.side_below += side_below
 
+    def _scores(self) -> list[Score]:
+        return [self.embedding, self.restored, *(self.images[n] for n in self.names),
+                *(self.copies[n] for n in self.names)]
+
+    def totals(self) -> list[float]:
+        """Every sum and count in a fixed order: what processes that scored parts of one
+        split add together, element by element, before :meth:`from_totals`."""
+        return [v for s in self._scores() for v in (s.psnr, s.ssim, s.count)] + \
+            [self.below[n] for n in self.names] + [self.side_below]
+
+    @classmethod
+    def from_totals(cls, names: list[str], totals: list[float]) -> RoundTrip:
+        """The round trip whose :meth:`totals` are ``totals`` (summed over processes)."""
+        trip = cls(list(names))
+        values = iter(totals)
+        for s in trip._scores():
+            s.psnr, s.ssim, s.count = next(values), next(values), round(next(values))
+        for name in trip.names:
+            trip.below[name] = round(next(values))
+        trip.side_below = round(next(values))
+        return trip
+
     def to_dict(self) -> dict:
         return {"embedding": self.embedding.mean(), "restored": self.restored.mean(),
                 "images": {name: self.images[name].mean() for name in self.names},

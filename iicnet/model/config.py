@@ -136,6 +136,15 @@ class TrainConfig:
 
     steps: int = knob(500_000, upper=10**10, lower="positive")
     val_every: int = knob(1000, upper=10**10, lower="positive")
+    val_crop: int = knob(0, upper=MAX_CROP, lower="non-negative")
+    """What validation scores, every ``val_every`` steps: ``0`` the full frames of the
+    validation split (each cut to the model's multiple, embedded and restored tile by tile
+    as ``iicnet embed`` and ``iicnet restore`` do), N its centre crops of N pixels. Scored
+    by the code of ``iicnet eval``; registered versions record which (:attr:`val_measure`),
+    and an alias moves on a comparison of like with like only."""
+    val_items: int = knob(0, upper=10**9, lower="non-negative")
+    """Validate on the first N items of the validation split, in shard order, as ``iicnet
+    eval --split val --limit N`` scores them (0: every item)."""
     checkpoint_every: int = knob(5000, upper=10**10, lower="positive")
     log_every: int = knob(100, upper=10**10, lower="positive")
     seed: int = knob(0, upper=2**63 - 1, lower="non-negative")
@@ -152,6 +161,13 @@ class TrainConfig:
     channels_last: bool = False
     """Keep the weights, and so every convolution's output, in the channels-last memory
     layout (a GPU's tensor cores prefer it)."""
+
+    @property
+    def val_measure(self) -> str:
+        """What validation scores, in words: ``full frames`` or ``centre crops of N``."""
+        what = f"centre crops of {self.val_crop}" if self.val_crop else "full frames"
+        n = self.val_items
+        return f"{what}, first {n} item{'s' * (n != 1)}" if n else what
 
 
 @dataclass

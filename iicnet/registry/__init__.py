@@ -37,6 +37,7 @@ from iicnet.registry.tracking import (
 )
 from iicnet.registry.versions import (
     DEFAULT_ALIAS,
+    MEASURED_ON,
     RANKED_BY,
     AliasClaim,
     claim_alias,
@@ -46,7 +47,8 @@ from iicnet.registry.versions import (
     registered_version,
 )
 
-__all__ = ["CHECKPOINT_ARTIFACT", "DEFAULT_ALIAS", "LOCAL_STORE", "MODEL_NAME", "RANKED_BY",
+__all__ = ["CHECKPOINT_ARTIFACT", "DEFAULT_ALIAS", "LOCAL_STORE", "MEASURED_ON", "MODEL_NAME",
+           "RANKED_BY",
            "RUN_NAME_TAG", "AliasClaim", "Tracker", "TrackingError", "check_tracking",
            "claim_alias", "experiment_id", "find_runs", "load_model", "local_store",
            "log_checkpoint", "log_datasets", "log_model", "logged_model_name", "model_card",

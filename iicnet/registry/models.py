@@ -204,7 +204,8 @@ def model_card(config: Config, scores: dict[str, float], *, data: str, step: int
             f"{m.blocks} coupling blocks, nf {m.nf}, growth {m.growth}.\n\n"
             f"Trained {step} steps on `{data}` (crops {config.data.crop}, batch "
             f"{config.data.batch_size} per worker); MLflow run `{run_id}`.\n\n"
-            f"| validation (RGB) | value |\n|---|---|\n{rows}\n\n"
+            f"| validation (RGB, {config.train.val_measure} of the held-out split) | value "
+            f"|\n|---|---|\n{rows}\n\n"
             f"Use it: `iicnet embed --model models:/{name}/<version> IMAGES... -o out.png`, "
             f"then `iicnet restore --model models:/{name}/<version> out.png -o DIR`.")
 

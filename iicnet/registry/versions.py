@@ -37,6 +37,10 @@ DEFAULT_ALIAS = "candidate"
 RANKED_BY = "val/restored_psnr"
 """The version tag aliases move on: one moves only to a version that scores higher."""
 
+MEASURED_ON = "val.measure"
+"""The version tag saying what :data:`RANKED_BY` was measured on (``full frames``, ``centre
+crops of 32``; ``train.val_measure``): scores measured differently are not compared."""
+
 
 def register(uri: str, model_uri: str, name: str, *, alias: str | None = DEFAULT_ALIAS,
              tags: dict[str, Any] | None = None, description: str | None = None) -> str:
@@ -88,6 +92,8 @@ class AliasClaim:
     score: float | None
     holder: str | None = None
     holder_score: float | None = None
+    holder_measure: str | None = None
+    """What the holder's score was measured on, when that differs from this version's."""
 
     def describe(self, metric: str, force: str = "--force-alias") -> str:
         """One line for the console; ``force`` names the option that overrides."""
@@ -96,6 +102,10 @@ class AliasClaim:
 
         if self.holder is None:
             return f"@{self.alias} -> version {self.version} (the first)"
+        if self.moved and self.holder_measure is not None:
+            return (f"@{self.alias} moved to version {self.version} ({shown(self.score)}); "
+                    f"version {self.holder}'s {shown(self.holder_score)} was measured on "
+                    f"{self.holder_measure}, not comparable")
         if self.moved:
             return (f"@{self.alias} moved to version {self.version} ({shown(self.score)}; "
                     f"version {self.holder} had {shown(self.holder_score)})")
@@ -125,14 +135,20 @@ def claim_alias(uri: str, name: str, alias: str, version: str, metric: str, *,
                 force: bool = False) -> AliasClaim:
     """Point ``alias`` of ``name`` at ``version`` only if that version's tag ``metric`` is
     higher than the current holder's (or nothing holds the alias, or ``force``). A version
-    without the score never takes an alias from one unless forced."""
+    without the score never takes an alias from one unless forced. Scores are compared only
+    when both versions were measured alike (tag :data:`MEASURED_ON`; a holder measured
+    otherwise, or before versions recorded it, counts as unscored when this version says
+    what it was measured on)."""
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client(uri)
 
-    def score(v: str) -> float | None:
+    def tags(v: str) -> dict[str, str]:
+        return client.get_model_version(name, v).tags
+
+    def score(found: dict[str, str]) -> float | None:
         try:
-            value = float(client.get_model_version(name, v).tags.get(metric, "nan"))
+            value = float(found.get(metric, "nan"))
         except ValueError:
             return None
         return None if value != value else value
@@ -141,15 +157,20 @@ def claim_alias(uri: str, name: str, alias: str, version: str, metric: str, *,
         holder = str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         holder = None
-    mine = score(version)
+    my_tags = tags(version)
+    mine = score(my_tags)
     if holder is None or holder == version:
         client.set_registered_model_alias(name, alias, version)
         return AliasClaim(name, alias, version, True, mine)
-    theirs = score(holder)
-    moved = force or (mine is not None and (theirs is None or mine > theirs))
+    their_tags = tags(holder)
+    theirs = score(their_tags)
+    measure, their_measure = my_tags.get(MEASURED_ON), their_tags.get(MEASURED_ON)
+    unlike = measure is not None and their_measure != measure
+    moved = force or (mine is not None and (theirs is None or unlike or mine > theirs))
     if moved:
         client.set_registered_model_alias(name, alias, version)
-    return AliasClaim(name, alias, version, moved, mine, holder, theirs)
+    return AliasClaim(name, alias, version, moved, mine, holder, theirs,
+                      (their_measure or "an unrecorded measure") if unlike else None)
 
 
 def registered_version(source: str, uri: str | None = None) -> tuple[str, str]:
