@@ -305,13 +305,13 @@ def front(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     plot(report, RESULTS / "front.png",
          title=f"sweep {settings['name']}: {len(models)} architectures, "
-               f"{base['train']['steps']} steps each")
+               f"{base['train']['steps']} steps each", legend="center right")
     print(f"wrote {out} and {RESULTS / 'front.png'}")
     return 0
 
 
-def plot(report: dict, out: Path,
-         title: str = "IICNet zoo: speed and quality (video, K=3)") -> None:
+def plot(report: dict, out: Path, title: str = "IICNet zoo: speed and quality (video, K=3)",
+         legend: str = "lower right") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,7 +331,7 @@ def plot(report: dict, out: Path,
     ax.set_ylabel("PSNR on held-out full frames (dB)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc=legend)
     fig.tight_layout()
     fig.savefig(out)
 
