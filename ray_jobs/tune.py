@@ -17,6 +17,11 @@ of the config; ``--set FIELD=VALUE`` fixes one (and drops it from the space). Th
     choice:V1,V2,...       (values read as YAML)
 
 e.g. ``--space loss.lambda_res=loguniform:0.1:10 --space model.blocks=choice:2,4,8``.
+Fields joined by ``+`` take one value together (``model.nf+model.growth=choice:8,16``).
+``--search grid`` runs every combination of the ``--space`` choices (``--num-samples``
+passes over the grid, default 1) and searches nothing of the default space; with
+``--grace-steps`` equal to ``--steps`` no trial is stopped early, so every architecture gets
+the same budget (``bench/zoo.py front`` then scores each on held-out full frames).
 
 The objective (see ``ray_jobs/sweep_report.py``): maximise restored PSNR subject to embedding
 PSNR >= ``--min-embedding-psnr``, scored as ``restored - penalty * max(0, T - embedding)`` on
