@@ -56,7 +56,7 @@ def validate(trainer, source: str, cfg, rank: int, world: int
         raise ValueError(f"validation saw no items: the val split of {source} is empty")
     trip = RoundTrip.from_totals(converter.names, summed[1:])
     scores = trip.to_dict()
-    side = [converter.names[position] for position in converter.order][1:]
+    side = converter.stack_names[1:]
     margins = [scores["copy"][name]["margin_db"] for name in side]
     margins = [m for m in margins if m is not None]
     metrics = {

@@ -201,7 +201,7 @@ def evaluate(converter: Converter, items: Iterable[tuple[torch.Tensor, torch.Ten
     result = Evaluation(converter.task, converter.names, RoundTrip(converter.names),
                         jpeg={q: RoundTrip(converter.names) for q in qualities})
     lossless = result.lossless
-    stack_names = [converter.names[position] for position in converter.order]
+    stack_names = converter.stack_names
     m = converter.multiple
     for images, reference in items:
         height, width = images.shape[-2:]

@@ -124,6 +124,11 @@ class Converter:
         """``order[i]``: the natural position of the image at stack position ``i``."""
 
     @property
+    def stack_names(self) -> list[str]:
+        """The images' names in stack order: the reference first."""
+        return [self.names[position] for position in self.order]
+
+    @property
     def num_images(self) -> int:
         return self.config.model.num_images
 

@@ -395,13 +395,6 @@ class Trainer:
         self.restore(state)
         self.last_good = state
 
-    @torch.no_grad()
-    def validate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Validation:
-        """Embedding and restored PSNR/SSIM over ``batches``, summed over all ranks."""
-        result = validate(self.model, batches, self.device)
-        result.sums = all_reduce_sum(result.sums)
-        return result
-
 
 def read_state(directory: str | Path, device: torch.device | str = "cpu") -> TrainingState:
     """The :class:`TrainingState` of a training checkpoint directory (nothing unpickled)."""
