@@ -8,6 +8,10 @@ The driver runs ``fit()`` in a thread (:func:`interruptible`) and turns SIGTERM 
 and waits up to ``IICNET_STOP_GRACE_S`` seconds (default :data:`GRACE_S`) for the workers
 to checkpoint and return; a second signal, or the end of the wait, stops at once (the
 newest periodic checkpoint is then the one to resume from).
+
+The workers use the same flag to stop a run themselves (:func:`give_up`): a checkpoint that
+does not fit on its disk would fail again after every restart, so rank 0 sets the flag with
+the reason and the driver, finding it set after ``fit()`` (:func:`given_up`), exits 2 with it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from typing import Any
 
 GRACE_S = 120.0
 """How long the driver waits, after the first signal, for the workers' stop checkpoint."""
+
+
+class GaveUp(RuntimeError):
+    """The workers stopped the run themselves; the message is their reason."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -59,12 +67,17 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.asked = False
+        self.reason: str | None = None
 
-    def ask(self) -> None:
+    def ask(self, reason: str | None = None) -> None:
         self.asked = True
+        self.reason = self.reason or reason
 
     def requested(self) -> bool:
         return self.asked
+
+    def why(self) -> str | None:
+        return self.reason
 
 
 def stop_requested(flag, timeout_s: float = 10.0) -> bool:
@@ -78,6 +91,27 @@ def stop_requested(flag, timeout_s: float = 10.0) -> bool:
         return bool(ray.get(flag.requested.remote(), timeout=timeout_s))
     except Exception:  # a gone or unreachable driver: halted() handles that
         return False
+
+
+def give_up(flag, reason: str) -> bool:
+    """Ask the workers to stop before the next step because of ``reason`` (they write no
+    stop checkpoint); False when there is no flag (a sweep's trial)."""
+    if flag is None:
+        return False
+    flag.ask.remote(reason)
+    return True
+
+
+def given_up(flag, timeout_s: float = 10.0) -> str | None:
+    """The reason the workers gave for stopping the run (:func:`give_up`), or None."""
+    if flag is None:
+        return None
+    import ray
+
+    try:
+        return ray.get(flag.why.remote(), timeout=timeout_s)
+    except Exception:  # a gone actor: nobody gave up through it
+        return None
 
 
 def interruptible(call: Callable[[], Any], flag=None) -> Any:

@@ -30,7 +30,9 @@ interrupted is resumed.
 A driver that dies (even by SIGKILL) leaves no run RUNNING: a watcher process marks the
 MLflow run KILLED (:func:`ray_jobs.common.watch_run`), and the workers stop before their next
 step (:func:`ray_jobs.worker.halted`). Training that fails once the ``--max-failures``
-restarts are used up exits with status 2 and one line saying why and how to resume; Ctrl-C
+restarts are used up exits with status 2 and one line saying why and how to resume (a
+checkpoint that does not fit on its disk does so at once, without restarts:
+:func:`ray_jobs.worker.out_of_space`); Ctrl-C
 or SIGTERM makes the workers checkpoint the step they are at (:mod:`ray_jobs.stopping`), marks
 the run KILLED and exits with status 130 (143 for SIGTERM), saying how to resume. A resumed
 run goes on with its own recorded recipe (:mod:`ray_jobs.recorded`): config, experiment, data
@@ -304,13 +306,21 @@ def main(argv: list[str] | None = None) -> int:
                         num_workers=args.num_workers)
     except (OSError, options.setup_errors()) as exc:
         return common.fail(f"cannot record the run's config in its storage folder: {exc}")
-    run_id = registry.start_run(
-        uri, experiment, name, cfg, artifact_location=artifact_location, resume=bool(args.resume),
-        tags={"data": data, "val_data": val_data, "num_workers": str(args.num_workers),
-              RECIPE_TAG: recipe,
-              "device": "gpu" if args.gpu else "cpu",
-              **({"init": args.init} if args.init else {}),
-              "storage": args.storage or storage_path})
+    try:
+        run_id = registry.start_run(
+            uri, experiment, name, cfg, artifact_location=artifact_location,
+            resume=bool(args.resume),
+            tags={"data": data, "val_data": val_data, "num_workers": str(args.num_workers),
+                  RECIPE_TAG: recipe, "device": "gpu" if args.gpu else "cpu",
+                  **({"init": args.init} if args.init else {}),
+                  "storage": args.storage or storage_path})
+    except Exception as exc:
+        refused = buffered.refused_files(exc)
+        if refused is None:
+            raise
+        return common.fail(f"the tracking server {registry.redact(uri)} cannot store the "
+                           f"run's files ({refused}); make room in its artifact store, then "
+                           "run this again")
     registry.Tracker(uri, run_id).tags({DRIVER_TAG: json.dumps(driver_identity())})
     if not args.resume:
         # One shard set usually serves both (its train and val splits): MLflow keeps one
@@ -332,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
                          num_workers=args.num_workers, use_gpu=args.gpu,
                          storage_path=storage_path, filesystem=filesystem,
                          max_failures=args.max_failures, init=init)
+        except stopping.GaveUp as exc:
+            tracker.finish("FAILED")
+            quiet_ray()
+            return common.fail(f"training stopped: {exc}\nmake room there, then {hint}")
         except Exception as exc:  # Train V2 raises once the restarts are used up
             tracker.finish("FAILED")
             quiet_ray()
@@ -369,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
 def fit(cfg, *, name: str, data: str, val_data: str, uri: str, run_id: str, num_workers: int,
         use_gpu: bool, storage_path: str, filesystem: Any, max_failures: int,
         init: bytes | None = None):
-    """Run :func:`train_loop` on ``num_workers`` Ray Train workers; the ``ray.train.Result``."""
+    """Run :func:`train_loop` on ``num_workers`` Ray Train workers; the ``ray.train.Result``.
+    Raises :class:`ray_jobs.stopping.GaveUp` when the workers stopped the run themselves
+    (a checkpoint that does not fit on its disk)."""
     local_cpus = os.cpu_count() or 1
     common.init_ray(num_cpus=None if common.on_cluster() else max(local_cpus, num_workers))
     stopping.on_sigterm()
@@ -381,13 +397,18 @@ def fit(cfg, *, name: str, data: str, val_data: str, uri: str, run_id: str, num_
                            per_worker=per_worker, name=name, storage_path=storage_path,
                            filesystem=filesystem, max_failures=max_failures, init=init,
                            stop=flag)
-    return stopping.interruptible(trainer.fit, flag)
+    result = stopping.interruptible(trainer.fit, flag)
+    reason = stopping.given_up(flag)
+    if reason:
+        raise stopping.GaveUp(reason)
+    return result
 
 
 def register_or_defer(cfg, result, uri: str, run_id: str, *, data: str, force_alias: bool,
                       config_file: str | None, on_s3: bool) -> dict[str, Any] | None:
-    """:func:`register`; when the tracking server does not answer, the registration (and the
-    run's end) go to the run's sync file instead, the console says how to send them, and
+    """:func:`register`; when the tracking server does not answer or cannot store the model's
+    files (:func:`iicnet.registry.buffered.refused_files`), the registration (and the run's
+    end) go to the run's sync file instead, the console says how to send them, and
     the result is None. The checkpoint stays where it is."""
     from iicnet import registry
     from iicnet.registry import buffered
@@ -398,7 +419,8 @@ def register_or_defer(cfg, result, uri: str, run_id: str, *, data: str, force_al
         return register(cfg, result, uri, run_id, data=data, force_alias=force_alias,
                         config_file=config_file)
     except Exception as exc:
-        if not buffered.unreachable(exc):
+        refused = buffered.refused_files(exc)
+        if refused is None and not buffered.unreachable(exc):
             raise
 
     def located(path: str) -> str:
@@ -411,9 +433,11 @@ def register_or_defer(cfg, result, uri: str, run_id: str, *, data: str, force_al
          "data": data, "force_alias": force_alias,
          "model_name": registry.logged_model_name(cfg, config_file)},
         {"kind": "finish", "status": "FINISHED"}])
-    print(f"\nnot registered: the tracking server {registry.redact(uri)} does not answer; "
+    why, when = (f"cannot store the model's files ({refused})", "there is room again") \
+        if refused else ("does not answer", "the server is back")
+    print(f"\nnot registered: the tracking server {registry.redact(uri)} {why}; "
           f"the checkpoint stays in {checkpoint}.\nregister it (and send what the run could "
-          f"not) once the server is back:\n  MLFLOW_TRACKING_URI={registry.redact(uri)} "
+          f"not) once {when}:\n  MLFLOW_TRACKING_URI={registry.redact(uri)} "
           f"{common.command('python')} -m ray_jobs.sync_tracking {sync_file}",
           file=sys.stderr, flush=True)
     return None

@@ -154,6 +154,7 @@ def train_steps(job: dict[str, Any]) -> None:
     from iicnet.model.config import from_dict
     from iicnet.training import Trainer, all_reduce_sum
     from ray_jobs import validation
+    from ray_jobs.stopping import given_up
 
     cfg = from_dict(job["config"])
     # Ray Train logs each report and checkpoint at INFO; the console shows rank 0's own lines.
@@ -206,11 +207,11 @@ def train_steps(job: dict[str, Any]) -> None:
     while trainer.step < steps:
         halt = halted(job, tracker)
         if halt == "stop":
-            if tracker:
+            if tracker and not given_up(job.get("stop")):
                 log.warning("stop requested by the driver: checkpoint at step %d%s",
                             trainer.step, " (just written)" if saved_at == trainer.step else "")
             if saved_at != trainer.step:
-                save_and_report(trainer, rank, {"step": trainer.step, **losses})
+                save_and_report(trainer, rank, {"step": trainer.step, **losses}, job)
             break
         if halt:
             return
@@ -263,10 +264,10 @@ def train_steps(job: dict[str, Any]) -> None:
                          ", ".join(f"{k[4:]} {v:.3f}" for k, v in scores.items()))
         saved = step % t.checkpoint_every == 0 or final
         if saved:
-            save_and_report(trainer, rank, {"step": step, **result.losses, **scores})
+            save_and_report(trainer, rank, {"step": step, **result.losses, **scores}, job)
             saved_at = step
         if step % t.log_every == 0 and not final and not drained:
-            drained = preempted(trainer, rank, tracker, step, saved, result.losses)
+            drained = preempted(trainer, rank, tracker, step, saved, result.losses, job)
             saved_at = step if drained else saved_at
     if tracker:
         tracking_summary(tracker)
@@ -292,11 +293,13 @@ def tracking_summary(tracker) -> None:
         return
     steps = sorted({e["step"] for e in tracker.pending if e["kind"] == "metrics"})
     where = f"steps {steps[0]}-{steps[-1]}" if steps else "no metrics"
+    kept = tracker.parked + tracker.pending
     log.warning("tracking: metrics of %d step(s) reached MLflow at %s; not sent: %s (%d "
-                "item(s)%s) kept in %s. Send them once the server is back:\n  "
+                "item(s)%s) kept in %s. Send them once the server %s:\n  "
                 "MLFLOW_TRACKING_URI=%s python -m ray_jobs.sync_tracking %s",
-                len(tracker.sent_steps), redact(tracker.uri), where, len(tracker.pending),
+                len(tracker.sent_steps), redact(tracker.uri), where, len(kept),
                 f"; lost: {', '.join(tracker.dropped)}" if tracker.dropped else "", left,
+                "stores files again" if tracker.files_refused else "is back",
                 redact(tracker.uri), left)
 
 
@@ -315,7 +318,7 @@ def validation_picture(trainer, source: str, cfg):
 
 
 def preempted(trainer, rank: int, tracker, step: int, saved: bool,
-              losses: dict[str, float]) -> bool:
+              losses: dict[str, float], job: dict[str, Any]) -> bool:
     """Whether a node of the worker group is being drained (a spot instance's notice turned
     into a Ray drain, ``ray drain-node``, an autoscaler scaling down); if so, a checkpoint of
     this step at once, unless one was just written, so the restart that follows the node's
@@ -335,7 +338,7 @@ def preempted(trainer, rank: int, tracker, step: int, saved: bool,
                     left, step, " (just written)" if saved else " now")
         tracker.metrics({"train/drain_checkpoint": step}, step)
     if not saved:
-        save_and_report(trainer, rank, {"step": step, **losses})
+        save_and_report(trainer, rank, {"step": step, **losses}, job)
     return True
 
 
@@ -433,8 +436,11 @@ def console_log() -> None:
         log.propagate = False
 
 
-def save_and_report(trainer, rank: int, metrics: dict[str, float]) -> None:
-    """Every rank reports (a barrier); rank 0 attaches the training checkpoint."""
+def save_and_report(trainer, rank: int, metrics: dict[str, float],
+                    job: dict[str, Any]) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the training checkpoint. A disk
+    that is full (the local staging folder's or the run storage's) stops the run after
+    this step (:func:`out_of_space`), with no checkpoint folder left half-copied."""
     import ray.train
 
     name = f"step-{trainer.step:08d}" + (f"-r{trainer.rollbacks}" if trainer.rollbacks else "")
@@ -443,9 +449,45 @@ def save_and_report(trainer, rank: int, metrics: dict[str, float]) -> None:
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return
     with tempfile.TemporaryDirectory() as directory:
-        trainer.save(directory)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=name)
+        try:
+            trainer.save(directory)
+        except OSError as exc:  # the local staging folder's disk
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+            return out_of_space(exc, f"{directory} (the local staging folder)", name, job)
+        try:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(
+                directory), checkpoint_dir_name=name)
+        except OSError as exc:  # the run's storage
+            folder, filesystem = job["run"]
+            discard(f"{folder}/{name}", filesystem)
+            return out_of_space(exc, f"{folder}/{name}", name, job)
+
+
+def out_of_space(exc: OSError, where: str, name: str, job: dict[str, Any]) -> None:
+    """A checkpoint that did not fit: raise ``exc`` again unless it is a full disk or a
+    used-up quota; for those, ask all ranks to stop before the next step (a restart would
+    only train up to the same wall) with the reason, which the driver prints (exit 2)."""
+    from iicnet import storage
+    from ray_jobs.stopping import give_up
+
+    why = storage.out_of_space(exc)
+    if why is None:
+        raise exc
+    reason = f"checkpoint {name} does not fit: {why} ({where})"
+    if not give_up(job.get("stop"), reason):  # a sweep's trial: Tune ends the trial
+        raise exc
+    log.error("%s; the workers stop before the next step", reason)
+
+
+def discard(path: str, filesystem: Any) -> None:
+    """Remove a checkpoint folder that was being copied when the copy failed, so that no
+    half of one lies under a final name (a best effort: the copy's own error is the news)."""
+    from pyarrow import fs
+
+    try:
+        (filesystem or fs.LocalFileSystem()).delete_dir(path)
+    except OSError:
+        pass
 
 
 def pace(began: float) -> None:

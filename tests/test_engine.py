@@ -196,3 +196,41 @@ def test_openvino_export_raises_no_deprecation(tmp_path: Path):
             restored = model.restore(embedding)
         assert (ovm.run("embed", clip) - embedding).abs().max() < FLOAT_TOLERANCE
         assert (ovm.run("restore", embedding) - restored).abs().max() < FLOAT_TOLERANCE
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_a_full_cache_disk_costs_only_speed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture):
+    """The OpenVINO cache on a full disk (a 8 KiB tmpfs): `iicnet embed --engine openvino`
+    still makes the same PNG after one warning naming the cache, and leaves no partial
+    entry; with room again, the next command fills the cache."""
+    from PIL import Image
+
+    from iicnet.app.cli import main
+    from tests.helpers import resize_tmpfs, tmpfs
+
+    model, cfg = tiny_model()
+    ckpt = checkpoint.save(tmp_path / "ckpt", model, cfg)
+    files = []
+    for j, frame in enumerate(photo_clip(3, 48, 64)):
+        files.append(tmp_path / f"{j}.png")
+        Image.fromarray(frame).save(files[-1])
+    args = ["embed", "--model", str(ckpt), "--device", "cpu", "--engine", "openvino",
+            *map(str, files)]
+    with tmpfs(tmp_path / "cache", "size=8k") as cache:
+        monkeypatch.setenv("IICNET_CACHE", str(cache))
+        assert main([*args, "-o", str(tmp_path / "full.png")]) == 0
+        warned = [r.getMessage() for r in caplog.records if "OpenVINO cache" in r.getMessage()]
+        assert len(warned) == 1, warned
+        assert str(cache / "openvino") in warned[0] and "No space left on device" in warned[0]
+        assert not [p for p in cache.rglob("*") if p.is_file()], list(cache.rglob("*"))
+        caplog.clear()
+        resize_tmpfs(cache, "64m")
+        assert main([*args, "-o", str(tmp_path / "cached.png")]) == 0
+        assert not [r for r in caplog.records if "OpenVINO cache" in r.getMessage()]
+        entries = [p.name for p in (cache / "openvino").rglob("*") if p.is_file()]
+        assert sorted(entries) == ["embed.bin", "embed.xml"], entries
+    full, _ = embedding_png.read(tmp_path / "full.png")
+    cached, _ = embedding_png.read(tmp_path / "cached.png")
+    assert np.array_equal(full, cached)

@@ -12,14 +12,18 @@ is then compiled for itself, in a fraction of a second), and kept in the user ca
 (``$IICNET_CACHE/openvino``, default ``~/.cache/iicnet/openvino``) under a key made of the
 weights' fingerprint, the model's configuration, the OpenVINO version and the export path;
 the files are written under a temporary name and renamed, so a cache entry is whole or
-absent. OpenVINO is an optional extra (``pip install 'iicnet[fast]'``); asking for it
-without it installed runs torch after a one-line note. Only this module imports OpenVINO.
+absent. A cache that cannot be written (a full disk, a quota, a read-only home) costs only
+speed: one warning names the folder and the reason, and the converted model is used from
+memory for the rest of the process. OpenVINO is an optional extra (``pip install
+'iicnet[fast]'``); asking for it without it installed runs torch after a one-line note.
+Only this module imports OpenVINO.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -132,6 +136,7 @@ class OpenVinoEngine:
         self.core = ov.Core()
         self.folder = (cache or cache_root()) / self.key(model, fingerprint, ov.get_version())
         self._read: dict[str, object] = {}
+        self._uncached: dict[str, object] = {}
         self._compiled: dict[tuple[str, tuple[int, ...]], object] = {}
 
     @classmethod
@@ -164,17 +169,22 @@ class OpenVinoEngine:
 
         graph = self._read.get(direction)
         if graph is None:
-            graph = self._read[direction] = self.core.read_model(self.exported(direction))
+            exported = self.exported(direction)
+            graph = self._read[direction] = (self.core.read_model(exported)
+                                             if isinstance(exported, Path) else exported)
         graph.reshape(ov.PartialShape(list(shape)))  # compile_model keeps its own copy
         return self.core.compile_model(graph, "CPU",
                                        {"INFERENCE_PRECISION_HINT": self.precision})
 
-    def exported(self, direction: str) -> Path:
+    def exported(self, direction: str):
         """The OpenVINO model of one direction (height and width dynamic), converted on
-        first use through ``torch.export`` and cached."""
+        first use through ``torch.export`` and cached: the cached file's path, or the
+        converted model itself when the cache cannot be written."""
         path = self.folder / f"{direction}.xml"
         if path.is_file() and path.with_suffix(".bin").is_file():
             return path
+        if direction in self._uncached:
+            return self._uncached[direction]
         import openvino as ov
 
         from iicnet.storage.atomic import adding
@@ -197,9 +207,31 @@ class OpenVinoEngine:
             program = torch.export.export(module, (example,), dynamic_shapes={"x": sizes})
             converted = ov.convert_model(program)
         converted.reshape(ov.PartialShape([*example.shape[:-2], -1, -1]))
-        with adding(self.folder) as tmp:
-            ov.save_model(converted, tmp / path.name, compress_to_fp16=False)
+        try:
+            with adding(self.folder) as tmp:
+                ov.save_model(converted, tmp / path.name, compress_to_fp16=False)
+        except (OSError, RuntimeError) as exc:  # OpenVINO's writer raises RuntimeError
+            if not self._uncached:
+                log.warning("iicnet: warning: OpenVINO cache %s: cannot write it (%s); the "
+                            "converted model is kept in memory, and the next command "
+                            "converts it again", self.folder, written_why(exc, self.folder))
+            self._uncached[direction] = converted
+            return converted
         return path
+
+
+def written_why(exc: BaseException, folder: Path) -> str:
+    """The reason for a failed write into ``folder``: the system's words where the error
+    has them, else (OpenVINO's writer says only ``iostream error``) a full disk when the
+    disk under ``folder`` has less than 64 KiB left, else the error's first line."""
+    why = getattr(exc, "strerror", None)
+    if why:
+        return why
+    place = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    stat = os.statvfs(place)
+    if stat.f_bavail * stat.f_frsize < 1 << 16:
+        return f"{os.strerror(errno.ENOSPC)}, {stat.f_bavail * stat.f_frsize // 1024} KiB free"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _frozen(model: IICNet) -> IICNet:

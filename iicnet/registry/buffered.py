@@ -40,6 +40,22 @@ def bound_requests() -> None:
         os.environ.setdefault(name, value)
 
 
+def refused_files(exc: BaseException) -> str | None:
+    """Why the run's artifact store does not take files, when ``exc`` says it: a full disk
+    or a used-up quota (an artifact folder of this machine), or HTTP 500s from a server's
+    artifact upload (its own disk: the server's log says why); else None. The server
+    answers the other calls then: metrics and tags go on."""
+    from iicnet import storage
+
+    why = storage.out_of_space(exc)
+    if why is not None:
+        return why
+    text = str(exc)
+    if "mlflow-artifacts" in text and "500" in text:
+        return "the server answers uploads with HTTP 500; its log says why (often a full disk)"
+    return None
+
+
 def unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` means the server did not answer (rather than refusing the request)."""
     import requests
@@ -66,6 +82,9 @@ class BufferedTracker(Tracker):
         self.down_since: int | None = None
         self.sent_steps: set[int] = set()
         self.dropped: list[str] = []
+        self.parked: list[dict[str, Any]] = []
+        """Files the artifact store refused (:func:`refused_files`), for the sync file."""
+        self.files_refused: str | None = None
         self._next_try = 0.0
         self._step = 0
 
@@ -89,6 +108,9 @@ class BufferedTracker(Tracker):
             try:
                 self._send(self.pending[0])
             except Exception as exc:  # noqa: BLE001  sorted by unreachable() below
+                if self.pending[0]["kind"] == "json" and self._refused(exc):
+                    self.parked.append(self.pending.pop(0))
+                    continue
                 if not unreachable(exc):
                     raise
                 self._next_try = time.monotonic() + self.retry_s
@@ -103,6 +125,16 @@ class BufferedTracker(Tracker):
                         redact(self.uri), self.down_since)
             self.down_since = None
         return True
+
+    def _refused(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the artifact store refusing files; said once."""
+        why = refused_files(exc)
+        if why is not None and self.files_refused is None:
+            self.files_refused = why
+            log.warning("tracking at %s stores no files since step %d (%s): validation "
+                        "files are kept for %s, pictures are not; metrics go on",
+                        redact(self.uri), self._step, why, self.sync_file)
+        return why is not None
 
     def _queue(self, entry: dict[str, Any]) -> None:
         self.pending.append(entry)
@@ -124,9 +156,10 @@ class BufferedTracker(Tracker):
             try:
                 return Tracker.image(self, picture, key, step)
             except Exception as exc:  # noqa: BLE001
-                if not unreachable(exc):
-                    raise
-                self._flush()  # notes the outage
+                if not self._refused(exc):
+                    if not unreachable(exc):
+                        raise
+                    self._flush()  # notes the outage
         self.dropped.append(f"picture {key} at step {step}")
 
     def last_step(self, key: str) -> int:
@@ -142,11 +175,26 @@ class BufferedTracker(Tracker):
 
     def close(self) -> str | None:
         """Send what is pending (one last try); write the rest to the sync file and return
-        its name, or None when nothing is left."""
+        its name, or None when nothing is left (or, said in the log with what is lost, when
+        the sync file's disk is full)."""
         self._next_try = 0.0
-        if self._flush() and not self.dropped:
+        if self._flush() and not self.dropped and not self.parked:
             return None
-        write_sync_file(self.sync_file, self.uri, self.run_id, self.pending, self.dropped)
+        from iicnet import storage
+
+        left = self.parked + self.pending
+        try:
+            append_to_sync_file(self.sync_file, self.uri, self.run_id, left, self.dropped)
+        except OSError as exc:  # the sync file's disk is full too: say what is lost
+            why = storage.out_of_space(exc)
+            if why is None:
+                raise
+            steps = [e["step"] for e in left if e["kind"] == "metrics"]
+            lost = [e["path"] for e in left if e["kind"] == "json"] + self.dropped + (
+                [f"metrics of steps {steps[0]}-{steps[-1]}"] if steps else [])
+            log.warning("tracking: cannot write the sync file %s (%s); lost: %s",
+                        self.sync_file, why, ", ".join(lost) or "nothing")
+            return None
         return self.sync_file
 
 
@@ -172,13 +220,16 @@ def read_sync_file(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any
     return lines[0], lines[1:]
 
 
-def append_to_sync_file(path: str, uri: str, run_id: str, entries: list[dict[str, Any]]) -> None:
-    """Add ``entries`` to the sync file at ``path`` (made when there is none)."""
+def append_to_sync_file(path: str, uri: str, run_id: str, entries: list[dict[str, Any]],
+                        dropped: list[str] = ()) -> None:
+    """Add ``entries`` (and the ``dropped`` items' names) to the sync file at ``path`` (made
+    when there is none): a resumed run adds to what its interrupted part left."""
     from iicnet import storage
 
     header, earlier = (read_sync_file(path) if storage.exists(path)
                        else ({"not_kept": []}, []))
-    write_sync_file(path, uri, run_id, earlier + entries, header.get("not_kept", []))
+    write_sync_file(path, uri, run_id, earlier + entries,
+                    [*header.get("not_kept", []), *dropped])
 
 
 def sync(path: str | Path, uri: str,

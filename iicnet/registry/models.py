@@ -100,8 +100,7 @@ def log_model(uri: str, run_id: str, directory: str | Path, *, name: str | None 
             for name in (checkpoint.WEIGHTS, checkpoint.CONFIG):
                 shutil.copy2(directory / name, files / name)
             code = Path(tmp, "iicnet")
-            shutil.copytree(_PACKAGE, code,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(_PACKAGE, code, ignore=_code_only)
             saved = Path(tmp, MODEL_NAME)
             # Saved locally and uploaded by id: MLflow's fluent API would need global state.
             mlflow.pyfunc.save_model(
@@ -208,6 +207,15 @@ def model_card(config: Config, scores: dict[str, float], *, data: str, step: int
             f"|\n|---|---|\n{rows}\n\n"
             f"Use it: `iicnet embed --model models:/{name}/<version> IMAGES... -o out.png`, "
             f"then `iicnet restore --model models:/{name}/<version> out.png -o DIR`.")
+
+
+def _code_only(folder: str, names: list[str]) -> set[str]:
+    """What a logged model's copy of the package leaves out (a ``copytree`` ignore): byte
+    code, and the zoo's weights, megabytes that the served model never reads."""
+    skipped = {n for n in names if n == "__pycache__" or n.endswith(".pyc")}
+    if Path(folder) == _PACKAGE / "zoo":
+        skipped.add("models")
+    return skipped
 
 
 def logged_model_id(model_uri: str) -> str:

@@ -192,7 +192,11 @@ def start_run(uri: str, experiment: str, run_name: str, config: Config, *,
               for k, v in config.flat().items() if k not in existing]
     for start in range(0, len(params), 100):
         client.log_batch(run_id, params=params[start:start + 100])
-    client.log_text(run_id, config.to_json(), "config.json")
+    try:
+        client.log_text(run_id, config.to_json(), "config.json")
+    except Exception:  # an artifact store that takes no files: no run is left RUNNING
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.FAILED))
+        raise
     return run_id
 
 

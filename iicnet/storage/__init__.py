@@ -19,6 +19,7 @@ from iicnet.storage.objects import (
     join,
     list_names,
     open_read,
+    out_of_space,
     parse_s3,
     put_file,
     read_bytes,
@@ -31,6 +32,7 @@ from iicnet.storage.objects import (
 
 __all__ = [
     "S3_SCHEME", "S3Url", "StorageError", "absolute", "client", "endpoint_url", "exists",
-    "gopen_s3", "is_s3", "join", "list_names", "open_read", "parse_s3", "put_file",
-    "read_bytes", "read_small_file", "register_gopen", "remove", "sha256", "write_bytes",
+    "gopen_s3", "is_s3", "join", "list_names", "open_read", "out_of_space", "parse_s3",
+    "put_file", "read_bytes", "read_small_file", "register_gopen", "remove", "sha256",
+    "write_bytes",
 ]

@@ -142,6 +142,28 @@ def _s3_errors(url: str) -> Iterator[None]:
         raise StorageError(f"{url}: {exc}") from exc
 
 
+NO_SPACE = {"No space left on device", "Disk quota exceeded"}
+"""The system's words for a full disk and a used-up quota (what strerror says on Linux)."""
+
+
+def out_of_space(exc: BaseException | None) -> str | None:
+    """The reason, when ``exc`` (or what caused it) is a full disk or a used-up quota, as
+    the system says it (``No space left on device``); else None. Also where a library gave
+    only the words (pyarrow's file writers do)."""
+    import errno
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os.strerror(exc.errno)
+        words = next((w for w in NO_SPACE if w in str(exc)), None)
+        if words:
+            return words
+        exc = exc.__cause__ or exc.__context__ or getattr(exc, "cause", None)
+    return None
+
+
 def sha256(source: str | Path | IO[bytes]) -> str:
     """The hex sha256 of a local file (by path) or of what is left in a readable binary
     stream, read 1 MiB at a time (checkpoints and shards are large)."""
