@@ -24,6 +24,17 @@ FLOAT_TOLERANCE = 1e-5
 CPU = torch.device("cpu")
 
 
+def clip_files(folder: Path, height: int, width: int) -> list[Path]:
+    """A 3-frame photo clip written as ``0.png``, ``1.png``, ``2.png`` into ``folder``."""
+    from PIL import Image
+
+    files = []
+    for j, frame in enumerate(photo_clip(3, height, width)):
+        files.append(folder / f"{j}.png")
+        Image.fromarray(frame).save(files[-1])
+    return files
+
+
 def test_choice_of_engine(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("IICNET_ENGINE", raising=False)
     installed = engines.openvino_available()
@@ -46,12 +57,7 @@ def test_without_openvino_the_cli_runs_torch_after_one_note(tmp_path: Path):
     """OpenVINO made unimportable in a fresh process, as on a machine without the extra."""
     model, cfg = tiny_model()
     ckpt = checkpoint.save(tmp_path / "ckpt", model, cfg)
-    files = []
-    for j, frame in enumerate(photo_clip(3, 32, 48)):
-        from PIL import Image
-
-        files.append(tmp_path / f"{j}.png")
-        Image.fromarray(frame).save(files[-1])
+    files = clip_files(tmp_path, 32, 48)
     code = ("import sys; sys.modules['openvino'] = None; from iicnet.app.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
     env = {k: v for k, v in os.environ.items() if k != "IICNET_ENGINE"}
@@ -155,10 +161,7 @@ def test_cli_engines_agree_to_rounding(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("IICNET_CACHE", str(tmp_path / "cache"))
     model, cfg = tiny_model()
     ckpt = checkpoint.save(tmp_path / "ckpt", model, cfg)
-    files = []
-    for j, frame in enumerate(photo_clip(3, 80, 136)):
-        files.append(tmp_path / f"{j}.png")
-        Image.fromarray(frame).save(files[-1])
+    files = clip_files(tmp_path, 80, 136)
     out = {}
     for name in ("torch", "openvino"):
         args = ["--model", str(ckpt), "--device", "cpu", "--engine", name, "--tile", "64"]
@@ -205,17 +208,13 @@ def test_a_full_cache_disk_costs_only_speed(tmp_path: Path, monkeypatch: pytest.
     """The OpenVINO cache on a full disk (a 8 KiB tmpfs): `iicnet embed --engine openvino`
     still makes the same PNG after one warning naming the cache, and leaves no partial
     entry; with room again, the next command fills the cache."""
-    from PIL import Image
 
     from iicnet.app.cli import main
     from tests.helpers import resize_tmpfs, tmpfs
 
     model, cfg = tiny_model()
     ckpt = checkpoint.save(tmp_path / "ckpt", model, cfg)
-    files = []
-    for j, frame in enumerate(photo_clip(3, 48, 64)):
-        files.append(tmp_path / f"{j}.png")
-        Image.fromarray(frame).save(files[-1])
+    files = clip_files(tmp_path, 48, 64)
     args = ["embed", "--model", str(ckpt), "--device", "cpu", "--engine", "openvino",
             *map(str, files)]
     with tmpfs(tmp_path / "cache", "size=8k") as cache:
