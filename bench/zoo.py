@@ -84,10 +84,9 @@ def held_out_scores(uri: str, cfg, data: str) -> dict:
     if not result.items:
         raise SystemExit(f"{data}: no held-out windows #{WINDOW} in val/test")
     scores = result.to_dict()
-    names, centre = conv.names, conv.order[0]  # centre: the reference's natural position
+    names = conv.names
     frame_r = [scores["images"][name]["psnr"] for name in names]
     copies = [scores["copy"][name] for name in names]
-    side = [c["margin_db"] for j, c in enumerate(copies) if j != centre]
     r = lambda x: round(x, 3)  # noqa: E731
     return {
         "measured_on": MEASURED_ON,
@@ -98,7 +97,7 @@ def held_out_scores(uri: str, cfg, data: str) -> dict:
         "restored_psnr_per_frame": [r(v) for v in frame_r],
         "copy_psnr_per_frame": [r(c["psnr"]) for c in copies],
         "margin_db_per_frame": [r(c["margin_db"]) for c in copies],
-        "worst_margin_db": r(min(side)),
+        "worst_margin_db": r(result.lossless.worst_side_margin(conv.stack_names[1:])),
         "worst_frame_psnr": r(min(frame_r)),
         "windows_with_a_frame_below_copy": scores["items_with_a_side_image_below_copy"],
     }

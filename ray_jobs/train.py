@@ -32,7 +32,7 @@ MLflow run KILLED (:func:`ray_jobs.common.watch_run`), and the workers stop befo
 step (:func:`ray_jobs.worker.halted`). Training that fails once the ``--max-failures``
 restarts are used up exits with status 2 and one line saying why and how to resume (a
 checkpoint that does not fit on its disk does so at once, without restarts:
-:func:`ray_jobs.worker.out_of_space`); Ctrl-C
+:func:`ray_jobs.worker.did_not_fit`); Ctrl-C
 or SIGTERM makes the workers checkpoint the step they are at (:mod:`ray_jobs.stopping`), marks
 the run KILLED and exits with status 130 (143 for SIGTERM), saying how to resume. A resumed
 run goes on with its own recorded recipe (:mod:`ray_jobs.recorded`): config, experiment, data

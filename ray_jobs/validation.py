@@ -56,9 +56,7 @@ def validate(trainer, source: str, cfg, rank: int, world: int
         raise ValueError(f"validation saw no items: the val split of {source} is empty")
     trip = RoundTrip.from_totals(converter.names, summed[1:])
     scores = trip.to_dict()
-    side = converter.stack_names[1:]
-    margins = [scores["copy"][name]["margin_db"] for name in side]
-    margins = [m for m in margins if m is not None]
+    worst = trip.worst_side_margin(converter.stack_names[1:])
     metrics = {
         "val/embedding_psnr": scores["embedding"]["psnr"],
         "val/embedding_ssim": scores["embedding"]["ssim"],
@@ -67,8 +65,8 @@ def validate(trainer, source: str, cfg, rank: int, world: int
         "val/side_items_below_copy": float(trip.side_below),
         "val/items": float(items),
     }
-    if margins:
-        metrics["val/worst_side_margin_db"] = min(margins)
+    if worst is not None:
+        metrics["val/worst_side_margin_db"] = worst
     evaluation = {"measure": cfg.train.val_measure, "step": trainer.step, "items": items,
                   **scores}
     return metrics, evaluation

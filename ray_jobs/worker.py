@@ -440,7 +440,7 @@ def save_and_report(trainer, rank: int, metrics: dict[str, float],
                     job: dict[str, Any]) -> None:
     """Every rank reports (a barrier); rank 0 attaches the training checkpoint. A disk
     that is full (the local staging folder's or the run storage's) stops the run after
-    this step (:func:`out_of_space`), with no checkpoint folder left half-copied."""
+    this step (:func:`did_not_fit`), with no checkpoint folder left half-copied."""
     import ray.train
 
     name = f"step-{trainer.step:08d}" + (f"-r{trainer.rollbacks}" if trainer.rollbacks else "")
@@ -453,17 +453,17 @@ def save_and_report(trainer, rank: int, metrics: dict[str, float],
             trainer.save(directory)
         except OSError as exc:  # the local staging folder's disk
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
-            return out_of_space(exc, f"{directory} (the local staging folder)", name, job)
+            return did_not_fit(exc, f"{directory} (the local staging folder)", name, job)
         try:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(
                 directory), checkpoint_dir_name=name)
         except OSError as exc:  # the run's storage
             folder, filesystem = job["run"]
             discard(f"{folder}/{name}", filesystem)
-            return out_of_space(exc, f"{folder}/{name}", name, job)
+            return did_not_fit(exc, f"{folder}/{name}", name, job)
 
 
-def out_of_space(exc: OSError, where: str, name: str, job: dict[str, Any]) -> None:
+def did_not_fit(exc: OSError, where: str, name: str, job: dict[str, Any]) -> None:
     """A checkpoint that did not fit: raise ``exc`` again unless it is a full disk or a
     used-up quota; for those, ask all ranks to stop before the next step (a restart would
     only train up to the same wall) with the reason, which the driver prints (exit 2)."""

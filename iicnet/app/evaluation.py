@@ -128,6 +128,14 @@ class RoundTrip:
                 "copy": {name: self._copy(name) for name in self.names},
                 "items_with_a_side_image_below_copy": self.side_below}
 
+    def worst_side_margin(self, side: list[str]) -> float | None:
+        """The smallest margin over its copy baseline among the images ``side`` (those other
+        than the reference: ``Converter.stack_names[1:]``); None when none has a baseline.
+        Below 0, an image is not hidden: taking the embedding as it would do better."""
+        margins = [self._copy(name)["margin_db"] for name in side]
+        margins = [m for m in margins if m is not None]
+        return min(margins) if margins else None
+
     def _copy(self, name: str) -> dict:
         baseline = self.copies[name]
         if not baseline.count:
