@@ -172,8 +172,12 @@ def watch_run(uri: str, run_id: str) -> None:
 
     read_end, write_end = os.pipe()
     os.write(write_end, json.dumps({"uri": uri, "run_id": run_id}).encode() + b"\n")
+    # Its stdout and stderr are not the driver's: whoever reads the driver's output to its end
+    # (a pipe, ``subprocess.run``, ``ray job submit``) would otherwise wait for the watcher
+    # too, which takes its imports' time (seconds) after the driver is gone. It prints nothing.
     subprocess.Popen([sys.executable, "-c", "from ray_jobs.common import watcher; watcher()"],
-                     stdin=read_end, cwd=REPO, start_new_session=True,
+                     stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     cwd=REPO, start_new_session=True,
                      env={**os.environ, "PYTHONPATH": os.pathsep.join(
                          [str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
     os.close(read_end)
