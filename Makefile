@@ -32,21 +32,22 @@ photos: $(STAMP)
 	$(PY) -m data_prep photos --out data/photos
 	$(PY) -m data_prep davis --root data/photos/davis --out data/photos/shards --shard-size 8
 
+RAY_HEAVY := tests/test_faults.py tests/test_node_loss.py tests/test_train_ray.py \
+  tests/test_train_rerun.py tests/test_tune.py
+
 test: $(STAMP) postgres
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
-	# Three processes. test_engine.py (OpenVINO) runs in a process of its own: in a process
-	# that had run the tests before it, the next session-fixture teardown (or, in one long
-	# process, a test in test_faults.py) ended in a segfault, exit 139, after every engine
-	# test had passed; alone, and after the other tests in their own process, everything
-	# exits cleanly. It runs beside the first process (its output printed after), which
-	# waits on services much of the time.
-	@log=$$(mktemp); $(PY) -m pytest -q -p no:cacheprovider tests/test_engine.py >$$log 2>&1 & \
-	  engine=$$!; $(PY) -m pytest -q --durations=8 \
-	  $(filter-out tests/test_engine.py,$(wildcard tests/test_[a-e]*.py)); first=$$?; \
-	  wait $$engine; second=$$?; echo "== tests/test_engine.py"; cat $$log; rm -f $$log; \
-	  test $$first = 0 -a $$second = 0
-	$(PY) -m pytest -q --durations=12 $(wildcard tests/test_[f-z]*.py)
+	# Four pytest processes, two at a time (tests/pair.sh: one in the background, printed
+	# after). test_engine.py (OpenVINO) needs a process of its own: in a process that had run
+	# the tests before it, the next session-fixture teardown (or, in one long process, a test
+	# in test_faults.py) ended in a segfault, exit 139, after every engine test had passed;
+	# alone, and after the other tests in their own process, everything exits cleanly. The
+	# tests that start Ray Train worker groups again and again (RAY_HEAVY) run beside the
+	# other f-z tests: on 2 cores, 29 min instead of 35 min one after the other.
+	bash tests/pair.sh $(PY) tests/test_engine.py -- \
+	  $(filter-out tests/test_engine.py,$(wildcard tests/test_[a-e]*.py))
+	bash tests/pair.sh $(PY) $(RAY_HEAVY) -- $(filter-out $(RAY_HEAVY),$(wildcard tests/test_[f-z]*.py))
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py
