@@ -44,7 +44,7 @@ test: $(STAMP) postgres
 	# in test_faults.py) ended in a segfault, exit 139, after every engine test had passed;
 	# alone, and after the other tests in their own process, everything exits cleanly. The
 	# tests that start Ray Train worker groups again and again (RAY_HEAVY) run beside the
-	# other f-z tests: on 2 cores, 29 min instead of 35 min one after the other.
+	# other f-z tests: on 2 cores, 30 min instead of 35 min one after the other.
 	bash tests/pair.sh $(PY) tests/test_engine.py -- \
 	  $(filter-out tests/test_engine.py,$(wildcard tests/test_[a-e]*.py))
 	bash tests/pair.sh $(PY) $(RAY_HEAVY) -- $(filter-out $(RAY_HEAVY),$(wildcard tests/test_[f-z]*.py))

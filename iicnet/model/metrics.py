@@ -49,9 +49,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, y_channel: bool = False) -> torch.Ten
     x, y = _as_float64(a), _as_float64(b)
     if y_channel:
         x, y = luma(x), luma(y)
-    lead = x.shape[:-3]
-    c, h, w = x.shape[-3:]
-    x, y = x.reshape(-1, 1, h, w), y.reshape(-1, 1, h, w)
+    h, w = x.shape[-2:]
     # The 11x11 window is the outer product of a 1-D Gaussian with itself, so each blur is a
     # row pass then a column pass, each a weighted sum of shifted views: 22 multiplications a
     # pixel instead of 121, the same sums (float64 convolutions are slow on a CPU).
@@ -69,8 +67,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, y_channel: bool = False) -> torch.Ten
     sxy = blur(x * y) - mu_x * mu_y
     num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
-    per_channel = (num / den).flatten(1).mean(1).reshape(*lead, c)
-    return per_channel.mean(-1)
+    return (num / den).flatten(-2).mean(-1).mean(-1)
 
 
 
