@@ -379,7 +379,10 @@ def resume_from(trainer, latest, rank: int, run: tuple[str, Any] | None = None) 
     Ray hands none, in ``run``: the run's storage folder and its pyarrow filesystem), newest
     first. A folder newer than Ray's record is one written just before an interruption
     (Ctrl-C between the upload and Ray's bookkeeping); an incomplete or damaged one is
-    skipped for the next, named in the log, so a restart never fails on a half-copied one."""
+    skipped for the next, named in the log, so a restart never fails on a half-copied one.
+    So is one that is listed but holds no object: what an S3-compatible server that keeps
+    objects as files (``rclone serve s3``) shows of a folder whose upload was killed in its
+    first multipart upload (only the server's temporary part file is in it)."""
     import ray.train
 
     from iicnet.formats.checkpoint import CheckpointError
@@ -401,6 +404,10 @@ def resume_from(trainer, latest, rank: int, run: tuple[str, Any] | None = None) 
             with ray.train.Checkpoint(candidate, filesystem=filesystem
                                       ).as_directory() as directory:
                 trainer.load(directory)
+        except FileNotFoundError:
+            problem = problem or CheckpointError(f"{candidate} holds no file (an upload cut "
+                                                 "short before its first file was whole)")
+            continue
         except CheckpointError as exc:
             problem = problem or exc
             continue

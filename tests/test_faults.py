@@ -643,6 +643,55 @@ def test_a_resume_finds_a_checkpoint_ray_had_not_recorded(tmp_path: Path, caplog
                               ) is False
 
 
+def test_a_restart_skips_a_folder_whose_upload_was_killed_in_its_first_part(
+        s3, bucket: str, tmp_path: Path, caplog):
+    """A node lost while rank 0 uploads a checkpoint to ``rclone serve s3``: the folder is
+    listed (rclone keeps the temporary file of the cut multipart upload in it) but holds no
+    object. A restart, whether Ray recorded that folder or not, takes the one before."""
+    import time
+
+    import pyarrow.fs
+    import ray.train
+
+    from iicnet.storage.arrow import ray_storage
+    from ray_jobs import worker
+
+    folder, filesystem = ray_storage(f"{bucket}/results/run")
+    trainer = Trainer(tiny())
+    trainer.step = 2
+    (tmp_path / "step").mkdir()
+    trainer.save(tmp_path / "step")
+    pyarrow.fs.copy_files(str(tmp_path / "step"), f"{folder}/step-00000002",
+                          destination_filesystem=filesystem)
+    cut = f"{folder}/step-00000004"
+    upload = (f"import sys, time; sys.path.insert(0, {str(REPO)!r})\n"
+              "from iicnet.storage.arrow import ray_storage\n"
+              f"_, fs = ray_storage({bucket + '/results/run'!r})\n"
+              f"out = fs.open_output_stream({cut + '/weights.safetensors'!r})\n"
+              "while True:\n    out.write(bytes(1 << 20)); time.sleep(0.01)\n")
+    uploader = subprocess.Popen([sys.executable, "-c", upload])
+    on_disk = s3.root / bucket.removeprefix("s3://") / "results" / "run" / "step-00000004"
+    try:
+        deadline = time.monotonic() + 120
+        while not any(on_disk.glob(".rclone_temp_multipart_*")):
+            assert uploader.poll() is None and time.monotonic() < deadline, "no upload began"
+            time.sleep(0.2)
+    finally:
+        uploader.kill()
+        uploader.wait()
+    assert worker.step_folders(folder, filesystem)[0] == cut
+    assert filesystem.get_file_info(cut).type == pyarrow.fs.FileType.NotFound
+
+    for latest in (None, ray.train.Checkpoint(cut, filesystem=filesystem)):
+        resumed = Trainer(tiny())
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="iicnet.train"):
+            assert worker.resume_from(resumed, latest, rank=0, run=(folder, filesystem))
+        assert resumed.step == 2
+        assert f"{cut} holds no file" in caplog.text
+        assert f"last complete checkpoint, {folder}/step-00000002" in caplog.text
+
+
 def _tar_samples(path: Path) -> list[str]:
     """The sample keys of a shard, reading every member to its end (a cut tar raises)."""
     import tarfile
