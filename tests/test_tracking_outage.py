@@ -92,15 +92,20 @@ def test_server_killed_mid_run(backend, comes_back, tmp_path, davis_shards, requ
     server, uri = start_mlflow(store, tmp_path / "artifacts", tmp_path / "server.log")
     port = int(uri.rsplit(":", 1)[1])
     storage = tmp_path / "results"
+    # Back mid-run means back before the last step: at least 20 s of paced steps remain
+    # after a kill at step 20 or before, against an outage of at most 10 s and a restart
+    # (which took over 10 s on a loaded 2-core machine: 0.5 s steps once left too little).
+    pace = "1.0" if comes_back == "mid-run" else "0.5"
     job = subprocess.Popen(
         [sys.executable, str(REPO / "ray_jobs" / "train.py"), "--data", str(davis_shards),
          "--num-workers", "1", "--steps", str(STEPS), "--storage", str(storage),
          "--name", "outage", "--force-alias", *TINY, "--set", "train.val_every=10",
          "--set", "train.checkpoint_every=10"],
-        env=job_env(tmp_path, uri, IICNET_FAULT_STEP_S="0.5"), cwd=REPO, text=True,
+        env=job_env(tmp_path, uri, IICNET_FAULT_STEP_S=pace), cwd=REPO, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: list[str] = []
     killed = threading.Event()
+    last_step: list[float] = []
 
     def read() -> None:
         for line in job.stdout:
@@ -109,6 +114,8 @@ def test_server_killed_mid_run(backend, comes_back, tmp_path, davis_shards, requ
             if found and int(found.group(1)) >= kill_at and not killed.is_set():
                 stop_mlflow(server)
                 killed.set()
+            if found and int(found.group(1)) == STEPS:
+                last_step.append(time.monotonic())
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -118,11 +125,15 @@ def test_server_killed_mid_run(backend, comes_back, tmp_path, davis_shards, requ
             assert killed.wait(300), "".join(lines)[-4000:]
             time.sleep(outage_s)
             again = _restart(store, tmp_path, port)
+            back_at = time.monotonic()
         job.wait(timeout=400)
         reader.join(10)
         output = "".join(lines)
         assert job.returncode == 0, output[-6000:]
         assert killed.is_set()
+        if comes_back == "mid-run":
+            assert last_step and back_at < last_step[0], \
+                "the server came back only after the run's last step: not this scenario"
         assert output.count(f"tracking unreachable at {uri} since step") == 1, output[-6000:]
         sync = re.findall(r"python -m ray_jobs\.sync_tracking (\S+)", output)
         if again is None:
